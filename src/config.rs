@@ -1,0 +1,335 @@
+//! Configuration: command-line flags with environment fallbacks (flags win over the
+//! environment, which wins over the `DEFAULT_*` constants), validated in full before the
+//! server starts. Every bad setting becomes a [`ConfigError`] whose message names it.
+
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, ValueEnum};
+
+/// The seed listens on every interface.
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+/// The seed's port.
+pub const DEFAULT_PORT: u16 = 3000;
+/// The seed's path.
+pub const DEFAULT_PATH: &str = "/v1/avatar";
+/// Long enough for any in-flight avatar response, short enough for an orchestrator's grace period.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which form the `date` response header takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DateHeader {
+    /// RFC 3339 with nanoseconds, as the seed sends: `2023-04-21T12:40:19.925350124+00:00`.
+    #[default]
+    Rfc3339,
+    /// RFC 9110 IMF-fixdate, for clients and caches that parse `date`: `Fri, 21 Apr 2023 12:40:19 GMT`.
+    Http,
+}
+
+/// The address to listen on: the text the user gave (shown in the `Listening on` line) and the
+/// IP it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+impl Host {
+    /// The host as it goes into a URL: IPv6 literals in brackets.
+    pub fn url_form(&self) -> String {
+        if self.name.contains(':') {
+            format!("[{}]", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+/// The service's whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "microservice2",
+    version,
+    about = "Answers GET /v1/avatar with the benchmark suite's fixed JSON list of avatars"
+)]
+pub struct Config {
+    /// Address to listen on: an IP address or a name that resolves locally.
+    #[arg(long, env = "M2_DOMAIN", default_value = DEFAULT_HOST, value_parser = parse_host)]
+    pub host: Host,
+
+    /// TCP port to listen on; 0 picks a free one.
+    #[arg(long, env = "M2_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Path that answers the avatar list.
+    #[arg(long, env = "M2_PATH", default_value = DEFAULT_PATH, value_parser = parse_path)]
+    pub path: String,
+
+    /// Worker threads, each with its own runtime and listener [default: the CPUs this process may use].
+    #[arg(long, env = "M2_WORKERS", value_name = "N", value_parser = parse_workers)]
+    pub workers: Option<NonZeroUsize>,
+
+    /// How long in-flight requests may take to finish after SIGINT or SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Form of the `date` response header.
+    #[arg(long, env = "M2_DATE_HEADER", value_enum, default_value_t = DateHeader::Rfc3339)]
+    pub date_header: DateHeader,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: Host {
+                name: DEFAULT_HOST.to_owned(),
+                ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            },
+            port: DEFAULT_PORT,
+            path: DEFAULT_PATH.to_owned(),
+            workers: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            date_header: DateHeader::Rfc3339,
+        }
+    }
+}
+
+/// What parsing the command line produced when it did not produce a [`Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--help` or `--version`: print the text and exit successfully.
+    #[error("{0}")]
+    Info(String),
+    /// A bad setting: one line naming it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses flags (the first item is the program name) with environment fallbacks.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Config::try_parse_from(args).map_err(|err| match err.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                ConfigError::Info(err.render().to_string())
+            }
+            _ => ConfigError::Invalid(one_line(&err)),
+        })
+    }
+
+    /// The number of workers to run: the configured count, or the CPUs this process may use
+    /// (`available_parallelism` honours the affinity mask and the cgroup CPU quota).
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get)
+    }
+}
+
+/// Reduces a clap error to one line, adding the environment variable behind the flag when
+/// it has one, so `M2_PORT=abc` is named as such.
+fn one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let env = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => env_name_of(arg),
+        _ => None,
+    };
+    match env {
+        Some(env) => format!("{first} (flag or env {env})"),
+        None => first.to_owned(),
+    }
+}
+
+/// The environment variable of the argument clap renders as `arg` (`--port <PORT>`).
+fn env_name_of(arg: &str) -> Option<String> {
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    Config::command()
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+}
+
+fn parse_host(value: &str) -> Result<Host, String> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(Host {
+            name: value.to_owned(),
+            ip,
+        });
+    }
+    let resolved = (value, 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next());
+    match resolved {
+        Some(addr) => Ok(Host {
+            name: value.to_owned(),
+            ip: addr.ip(),
+        }),
+        None => Err("expected an IP address or a name that resolves on this machine".to_owned()),
+    }
+}
+
+fn parse_path(value: &str) -> Result<String, String> {
+    if !value.starts_with('/') {
+        return Err("the path must start with '/'".to_owned());
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#'))
+    {
+        return Err(format!(
+            "the path may hold only visible ASCII without '?' or '#', found {bad:?}"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_workers(value: &str) -> Result<NonZeroUsize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_owned()),
+        Err(_) => Err("expected a whole number of workers".to_owned()),
+    }
+}
+
+/// Parses a duration such as `10s`, `250ms`, `1.5s`, `150us`, `2m` or `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    const EXPECTED: &str =
+        "expected a number with a unit: ns, us, ms, s, m or h (e.g. 250ms, 1.5s)";
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| EXPECTED.to_owned())?;
+    let (number, unit) = value.split_at(split);
+    let nanos_per_unit: f64 = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => return Err(EXPECTED.to_owned()),
+    };
+    let number: f64 = number.parse().map_err(|_| EXPECTED.to_owned())?;
+    let nanos = number * nanos_per_unit;
+    // A year is far beyond any timeout or delay this service has a use for.
+    if !nanos.is_finite() || nanos > 365.0 * 86_400e9 {
+        return Err("duration too large".to_owned());
+    }
+    Ok(Duration::from_nanos(nanos.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_args(std::iter::once("microservice2").chain(args.iter().copied()))
+    }
+
+    fn invalid(args: &[&str]) -> String {
+        match parse(args) {
+            Err(ConfigError::Invalid(message)) => message,
+            other => panic!("expected an invalid configuration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_struct_matches_parsed_defaults() {
+        // Holds only while no M2_* variable is set, which is how tests run.
+        if std::env::vars().any(|(k, _)| k.starts_with("M2_")) {
+            return;
+        }
+        assert_eq!(parse(&[]).expect("defaults parse"), Config::default());
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let config = parse(&[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--path",
+            "/x",
+            "--workers",
+            "3",
+            "--shutdown-timeout",
+            "1.5s",
+            "--date-header",
+            "http",
+        ])
+        .expect("valid flags");
+        assert_eq!(config.host.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(config.port, 0);
+        assert_eq!(config.path, "/x");
+        assert_eq!(config.worker_count(), 3);
+        assert_eq!(config.shutdown_timeout, Duration::from_millis(1500));
+        assert_eq!(config.date_header, DateHeader::Http);
+    }
+
+    #[test]
+    fn each_bad_setting_is_named_on_one_line() {
+        for (args, needle) in [
+            (&["--port", "70000"][..], "--port"),
+            (&["--path", "v1"][..], "--path"),
+            (&["--path", "/a b"][..], "--path"),
+            (&["--workers", "0"][..], "--workers"),
+            (&["--shutdown-timeout", "soon"][..], "--shutdown-timeout"),
+            (&["--date-header", "iso"][..], "--date-header"),
+            (&["--host", "no such host.invalid"][..], "--host"),
+            (&["--bogus"][..], "--bogus"),
+        ] {
+            let message = invalid(args);
+            assert!(message.contains(needle), "{args:?}: {message}");
+            assert!(!message.contains('\n'), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_the_environment_variable_too() {
+        assert!(invalid(&["--port", "abc"]).contains("M2_PORT"));
+    }
+
+    #[test]
+    fn help_and_version_are_information_not_errors() {
+        assert!(matches!(parse(&["--help"]), Err(ConfigError::Info(_))));
+        assert!(matches!(parse(&["--version"]), Err(ConfigError::Info(_))));
+    }
+
+    #[test]
+    fn durations_take_every_unit() {
+        for (text, expected) in [
+            ("150us", Duration::from_micros(150)),
+            ("250ms", Duration::from_millis(250)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("0s", Duration::ZERO),
+            ("10ns", Duration::from_nanos(10)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        for bad in [
+            "", "10", "s", "1.2.3s", "-1s", "1 s", "1d", "1e400s", "9999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed_in_urls() {
+        assert_eq!(parse_host("::1").expect("literal").url_form(), "[::1]");
+        assert_eq!(
+            parse_host("127.0.0.1").expect("literal").url_form(),
+            "127.0.0.1"
+        );
+    }
+}

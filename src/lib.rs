@@ -1,0 +1,17 @@
+//! microservice2: the "microservice 2" of a service-to-service benchmark suite. `GET /v1/avatar`
+//! answers the seed's fixed JSON list of 20 avatars, byte for byte, as cheaply as possible.
+//!
+//! - [`config`]: flags and environment variables, defaults, validation.
+//! - [`server`]: per-core runtimes, `SO_REUSEPORT` listeners, accept loop, graceful shutdown.
+//! - [`routes`]: (method, path) to response; the only place that knows the URL space.
+//! - [`avatar`]: the seed payload as a template, patched at most once per millisecond per worker.
+//! - [`time`]: clock reads and the timestamp formats (pure, unit-tested at fixed instants).
+
+pub mod avatar;
+pub mod config;
+pub mod routes;
+pub mod server;
+pub mod time;
+
+pub use config::Config;
+pub use server::{Server, ServerError};

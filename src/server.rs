@@ -1,0 +1,228 @@
+//! Thread-per-core serving: one OS thread per worker, each with a single-threaded tokio runtime
+//! and its own `SO_REUSEPORT` listener on the shared port, so the kernel spreads connections
+//! across workers and nothing is shared between them on the request path. Also owns graceful
+//! shutdown: stop accepting, let in-flight responses finish, close keep-alive connections.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::routes::{Body, Routes};
+
+/// Pending connections the kernel queues per listener; sized for load tests that open
+/// thousands of connections at once.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// How long an accept loop waits after an error that is not about one connection (out of file
+/// descriptors, out of memory) before it tries again, so it does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot start worker {index}: {source}")]
+    Worker { index: usize, source: io::Error },
+}
+
+/// A server whose listeners are bound and listening, ready to [`Server::serve`].
+#[derive(Debug)]
+pub struct Server {
+    config: Arc<Config>,
+    listeners: Vec<StdListener>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds one listener per worker on the configured address. With port 0 the first
+    /// listener picks a free port and the others join it.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        let workers = config.worker_count();
+        let mut addr = SocketAddr::new(config.host.ip, config.port);
+        let mut listeners = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let listener = listen(addr).map_err(|source| ServerError::Listen { addr, source })?;
+            if addr.port() == 0 {
+                addr = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::Listen { addr, source })?;
+            }
+            listeners.push(listener);
+        }
+        Ok(Server {
+            config: Arc::new(config),
+            listeners,
+            local_addr: addr,
+        })
+    }
+
+    /// The address the listeners are bound to, with the real port when 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The line the seed prints once it accepts connections: `Listening on http://HOST:PORT`.
+    pub fn listening_line(&self) -> String {
+        format!(
+            "Listening on http://{}:{}",
+            self.config.host.url_form(),
+            self.local_addr.port()
+        )
+    }
+
+    /// Serves until `shutdown` completes, then drains: each worker stops accepting, lets
+    /// in-flight requests finish and closes keep-alive connections, waiting at most the
+    /// configured shutdown timeout. Runs on the caller's runtime; the workers run on their
+    /// own threads.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut workers = Vec::with_capacity(self.listeners.len());
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let config = Arc::clone(&self.config);
+            let stop = stop_rx.clone();
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let thread = thread::Builder::new()
+                .name(format!("m2-worker-{index}"))
+                .spawn(move || {
+                    run_worker(&config, listener, stop);
+                    drop(done_tx);
+                })
+                .map_err(|source| ServerError::Worker { index, source })?;
+            workers.push((thread, done_rx));
+        }
+        shutdown.await;
+        // Receivers outlive the send: each worker holds one until it has drained.
+        let _ = stop_tx.send(true);
+        for (thread, done) in workers {
+            // The sender is dropped when the worker returns; an error just means "done".
+            let _ = done.await;
+            if thread.join().is_err() {
+                eprintln!("microservice2: a worker thread panicked during shutdown");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens a non-blocking listening socket with `SO_REUSEPORT` and `TCP_NODELAY` (inherited by
+/// accepted sockets on Linux).
+fn listen(addr: SocketAddr) -> io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if addr.is_ipv6() {
+        socket
+            .set_only_v6(false)
+            .or_else(|_| socket.set_only_v6(true))?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// One worker: a current-thread runtime running the accept loop and every connection it
+/// accepted, until told to stop and drained (or the shutdown timeout passes).
+fn run_worker(config: &Config, listener: StdListener, stop: watch::Receiver<bool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("microservice2: cannot start a worker runtime: {err}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("microservice2: cannot register a listener: {err}");
+                return;
+            }
+        };
+        let graceful = accept_loop(config, listener, stop).await;
+        // Past the timeout the runtime is dropped, which closes whatever is still open.
+        let _ = tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await;
+    });
+}
+
+/// Accepts connections until `stop` turns true; returns the handle that drains them.
+async fn accept_loop(
+    config: &Config,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let service = AvatarService(Rc::new(Routes::new(config)));
+    let mut http = http1::Builder::new();
+    http.keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) if is_per_connection(&err) => continue,
+                Err(err) => {
+                    eprintln!("microservice2: accept failed, backing off: {err}");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let connection = graceful.watch(connection);
+        tokio::task::spawn_local(async move {
+            // Errors here are the client's (a reset, a malformed request hyper already
+            // answered with 4xx): they end that connection only.
+            let _ = connection.await;
+        });
+    }
+    graceful
+}
+
+/// Accept errors that concern one connection only: retry at once.
+fn is_per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// The hyper service of one worker: answers synchronously from the worker's [`Routes`].
+#[derive(Debug, Clone)]
+struct AvatarService(Rc<Routes>);
+
+impl hyper::service::Service<Request<Incoming>> for AvatarService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        ready(Ok(self.0.respond(&request)))
+    }
+}

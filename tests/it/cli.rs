@@ -1,0 +1,137 @@
+//! The binary as users run it: the Listening line, configuration errors, signals.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::support::{ChildServer, Client, binary};
+
+#[test]
+fn listening_line_shows_the_real_port_and_the_port_answers() {
+    let server = ChildServer::start(&[]);
+    assert_ne!(server.addr.port(), 0);
+    let mut client = Client::connect(server.addr);
+    client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 200);
+}
+
+#[test]
+fn each_bad_setting_exits_2_with_one_line_naming_it() {
+    /// Flags, environment variables, and the name the message must contain.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 8] = [
+        (&["--port", "70000"], &[], "--port"),
+        (&[], &[("M2_PORT", "abc")], "M2_PORT"),
+        (&["--path", "v1/avatar"], &[], "--path"),
+        (&[], &[("M2_PATH", "nope")], "M2_PATH"),
+        (&["--workers", "0"], &[], "--workers"),
+        (&["--no-such-flag"], &[], "--no-such-flag"),
+        (
+            &["--shutdown-timeout", "forever"],
+            &[],
+            "--shutdown-timeout",
+        ),
+        (&[], &[("M2_DATE_HEADER", "iso")], "M2_DATE_HEADER"),
+    ];
+    for (args, env, needle) in cases {
+        let output = binary(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(output.stdout.is_empty());
+    }
+}
+
+#[test]
+fn flags_win_over_the_environment() {
+    // M2_PORT is invalid, but the flag given on the command line takes its place.
+    let output = binary(&["--port", "abc"])
+        .env("M2_PORT", "3000")
+        .output()
+        .expect("run the binary");
+    assert_eq!(output.status.code(), Some(2));
+    let mut child = binary(&["--host", "127.0.0.1", "--port", "0", "--workers", "1"])
+        .env("M2_PORT", "not-a-port")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert!(line.starts_with("Listening on http://127.0.0.1:"), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for flag in ["--help", "--version"] {
+        let output = binary(&[flag]).output().expect("run the binary");
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert!(!output.stdout.is_empty(), "{flag}");
+    }
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
+    let mut server = ChildServer::start(&["--shutdown-timeout", "5s"]);
+    let mut client = Client::connect(server.addr);
+    // The request has started arriving when the signal lands; the rest comes after it.
+    client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: test\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.wait_exit(Duration::ZERO), None, "exited mid-request");
+    client.send(b"\r\n");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 3696);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(client.is_closed(), "keep-alive closes after the response");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn sigint_closes_idle_keep_alive_connections_and_exits_0() {
+    let mut server = ChildServer::start(&[]);
+    let mut client = Client::connect(server.addr);
+    client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 200);
+    let start = Instant::now();
+    server.signal("INT");
+    assert!(client.is_closed(), "the idle connection is closed");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // New connections are refused once the listener is gone.
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+}
+
+#[test]
+fn shutdown_timeout_bounds_a_request_that_never_completes() {
+    let mut server = ChildServer::start(&["--shutdown-timeout", "300ms"]);
+    let mut client = Client::connect(server.addr);
+    client
+        .stream()
+        .write_all(b"GET /v1/avatar HTTP/1.1\r\nHost: test\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+}

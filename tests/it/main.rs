@@ -1,0 +1,6 @@
+//! Integration tests: the real server over real TCP on port 0.
+
+mod cli;
+mod contract;
+mod protocol;
+mod support;

@@ -1,0 +1,356 @@
+//! Shared test helpers: a server on port 0 in this process (stopped when its guard drops), the
+//! binary as a child process, and a small raw HTTP/1.1 client that sees exactly what went over
+//! the wire.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use microservice2::{Config, Server};
+use tokio::sync::oneshot;
+
+/// How long any single read in a test may block before the test fails instead of hanging.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server running on its own threads; dropping it shuts it down and waits for it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the real server in-process on 127.0.0.1, port 0, with two workers unless the
+/// configuration says otherwise.
+pub fn spawn(config: Config) -> TestServer {
+    let config = Config {
+        host: microservice2::config::Host {
+            name: "127.0.0.1".into(),
+            ip: [127, 0, 0, 1].into(),
+        },
+        port: 0,
+        workers: config.workers.or(std::num::NonZeroUsize::new(2)),
+        ..config
+    };
+    let server = Server::bind(config).expect("bind on port 0");
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        runtime
+            .block_on(server.serve(async {
+                let _ = stopped.await;
+            }))
+            .expect("server runs");
+    });
+    TestServer {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+pub fn spawn_default() -> TestServer {
+    spawn(Config::default())
+}
+
+impl TestServer {
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends one request on a fresh connection and returns the response.
+    pub fn request(&self, raw: &str) -> RawResponse {
+        let mut client = self.connect();
+        client.send(raw.as_bytes());
+        client.read_response(raw.starts_with("HEAD "))
+    }
+
+    pub fn get(&self, path: &str) -> RawResponse {
+        self.request(&format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+    }
+
+    /// Stops the server and waits until its workers have drained.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One response as read off the wire.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header (name, value) pairs in wire order, names as sent.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A blocking raw HTTP/1.1 client on one connection.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to the test server");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("write request");
+    }
+
+    /// Reads one response; `head` says whether it answers a HEAD request (no body follows).
+    pub fn read_response(&mut self, head: bool) -> RawResponse {
+        self.try_read_response(head)
+            .expect("a complete response before the connection closed")
+    }
+
+    /// Reads one response, or `None` when the server closed the connection first.
+    pub fn try_read_response(&mut self, head: bool) -> Option<RawResponse> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("read header");
+            let trimmed = line.trim_end_matches(['\r', '\n']);
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed.split_once(':').expect("header has a colon");
+            headers.push((name.to_owned(), value.trim().to_owned()));
+        }
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if !head {
+            let length: usize = response
+                .header("content-length")
+                .expect("responses carry content-length")
+                .parse()
+                .expect("numeric content-length");
+            response.body.resize(length, 0);
+            self.reader
+                .read_exact(&mut response.body)
+                .expect("read body");
+        }
+        Some(response)
+    }
+
+    /// True when the server has closed the connection (EOF or reset) within the read timeout.
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+/// The built binary, started with `args` and no `M2_*` variables inherited.
+pub fn binary(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microservice2"));
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("M2_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// A child server process; killed on drop if still running.
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts the binary on 127.0.0.1 port 0 and waits for its `Listening on` line.
+    pub fn start(extra: &[&str]) -> ChildServer {
+        let mut args = vec!["--host", "127.0.0.1", "--port", "0", "--workers", "1"];
+        args.extend_from_slice(extra);
+        let mut child = binary(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the Listening line");
+        let port = line
+            .trim_end()
+            .strip_prefix("Listening on http://127.0.0.1:")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse::<u16>()
+            .expect("a port number");
+        ChildServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_nanos() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as i128
+}
+
+/// Days from 1970-01-01 to the given date (proleptic Gregorian), written independently of the
+/// server's own conversion so the two check each other.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let mut days = 0;
+    for y in 1970..year {
+        days += if is_leap(y) { 366 } else { 365 };
+    }
+    const CUMULATIVE: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    days += CUMULATIVE[(month - 1) as usize];
+    if month > 2 && is_leap(year) {
+        days += 1;
+    }
+    days + day - 1
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn num(text: &str) -> i64 {
+    text.parse()
+        .unwrap_or_else(|_| panic!("not a number: {text:?}"))
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS.fffZ` or `YYYY-MM-DDTHH:MM:SS.fffffffff+00:00` into nanoseconds
+/// since the epoch, asserting the exact shape.
+pub fn parse_iso(text: &str) -> i128 {
+    let bytes = text.as_bytes();
+    assert!(
+        bytes.len() == 24 || bytes.len() == 35,
+        "unexpected length: {text:?}"
+    );
+    assert_eq!(&bytes[4..5], b"-");
+    assert_eq!(&bytes[7..8], b"-");
+    assert_eq!(&bytes[10..11], b"T");
+    assert_eq!(&bytes[19..20], b".");
+    let fraction = if bytes.len() == 24 {
+        assert_eq!(&text[23..], "Z");
+        num(&text[20..23]) * 1_000_000
+    } else {
+        assert_eq!(&text[29..], "+00:00");
+        num(&text[20..29])
+    };
+    let days = days_from_civil(num(&text[0..4]), num(&text[5..7]), num(&text[8..10]));
+    let secs =
+        days * 86_400 + num(&text[11..13]) * 3600 + num(&text[14..16]) * 60 + num(&text[17..19]);
+    secs as i128 * 1_000_000_000 + fraction as i128
+}
+
+/// Parses an IMF-fixdate (`Sat, 28 Nov 2026 19:04:11 GMT`) into nanoseconds since the epoch.
+pub fn parse_imf(text: &str) -> i128 {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    assert_eq!(text.len(), 29, "{text:?}");
+    assert_eq!(&text[3..5], ", ");
+    assert_eq!(&text[25..], " GMT");
+    let month = MONTHS
+        .iter()
+        .position(|m| *m == &text[8..11])
+        .expect("month name") as i64
+        + 1;
+    let days = days_from_civil(num(&text[12..16]), month, num(&text[5..7]));
+    assert_eq!(
+        &text[0..3],
+        WEEKDAYS[(days % 7) as usize],
+        "weekday of {text:?}"
+    );
+    let secs =
+        days * 86_400 + num(&text[17..19]) * 3600 + num(&text[20..22]) * 60 + num(&text[23..25]);
+    secs as i128 * 1_000_000_000
+}
