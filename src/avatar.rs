@@ -1,12 +1,13 @@
 //! The seed's payload: the 3,696-byte avatar list as a pre-rendered template, and the per-worker
-//! cache that patches the first `createdAt` (and renders the `date` header) at most once per
+//! cache that renders the whole `200` response (status line, headers, body) at most once per
 //! millisecond. Between refreshes every response hands out clones of the same `Bytes`, so a
-//! request costs a clock read and two reference-count increments: no JSON, no formatting.
+//! request costs a clock read and a few reference-count increments: no JSON, no formatting.
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use hyper::header::HeaderValue;
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper::HeaderMap;
+use hyper::header::{CONTENT_TYPE, DATE, HeaderName, HeaderValue, LOCATION};
 
 use crate::config::DateHeader;
 use crate::time;
@@ -17,29 +18,50 @@ pub const TEMPLATE: &[u8; 3696] = include_bytes!("avatar.json");
 /// Where the first element's `createdAt` value starts in [`TEMPLATE`].
 pub const CREATED_AT_OFFSET: usize = 17;
 
-/// The body and `date` header for one millisecond.
+/// The seed's `engine` header, kept for callers that assert on it.
+pub const ENGINE: HeaderName = HeaderName::from_static("engine");
+const ENGINE_VALUE: HeaderValue = HeaderValue::from_static("Rust/Hype");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// The `200` response for one millisecond, in two shapes that share one buffer: the exact bytes
+/// hyper would write (for the fast path) and the parts hyper needs to write them itself.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// Status line, headers and body, exactly as they go on the wire.
+    pub wire: Bytes,
+    /// Length of the status line and headers in `wire` (a HEAD answer is `wire[..head_len]`).
+    pub head_len: usize,
+    /// The body: `wire[head_len..]`, without a copy.
     pub body: Bytes,
-    pub date: HeaderValue,
+    /// The response headers except `content-length`, which hyper adds from the body.
+    pub headers: HeaderMap,
+}
+
+impl Snapshot {
+    /// The bytes of a HEAD answer: the status line and headers only.
+    pub fn head(&self) -> Bytes {
+        self.wire.slice(..self.head_len)
+    }
 }
 
 /// One worker's cache of the current millisecond's [`Snapshot`].
 #[derive(Debug)]
 pub struct AvatarCache {
     date_header: DateHeader,
+    location: HeaderValue,
     /// Milliseconds since the epoch that `current` was rendered for.
     millis: u128,
     current: Snapshot,
 }
 
 impl AvatarCache {
-    pub fn new(date_header: DateHeader) -> AvatarCache {
+    pub fn new(date_header: DateHeader, location: HeaderValue) -> AvatarCache {
         let now = time::now();
         AvatarCache {
+            current: render(date_header, &location, now),
             date_header,
+            location,
             millis: now.as_millis(),
-            current: render(date_header, now),
         }
     }
 
@@ -48,33 +70,70 @@ impl AvatarCache {
         let millis = now.as_millis();
         if millis != self.millis {
             self.millis = millis;
-            self.current = render(self.date_header, now);
+            self.current = render(self.date_header, &self.location, now);
         }
         &self.current
     }
 }
 
-/// Renders the body and the `date` header for the instant `now`, both from the same clock read
-/// so they always agree.
-pub fn render(date_header: DateHeader, now: Duration) -> Snapshot {
-    let mut body = BytesMut::with_capacity(TEMPLATE.len());
-    body.extend_from_slice(TEMPLATE);
-    body[CREATED_AT_OFFSET..CREATED_AT_OFFSET + time::CREATED_AT_LEN]
-        .copy_from_slice(&time::created_at(now));
-    let date = match date_header {
-        DateHeader::Rfc3339 => Bytes::copy_from_slice(&time::rfc3339_nanos(now)),
-        DateHeader::Http => Bytes::copy_from_slice(&time::imf_fixdate(now)),
+/// Renders the response for the instant `now`. The body's `createdAt` and the `date` header
+/// come from the same clock read, so they always agree.
+pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) -> Snapshot {
+    let created_at = time::created_at(now);
+    let rfc3339;
+    let imf;
+    let date: &[u8] = match date_header {
+        DateHeader::Rfc3339 => {
+            rfc3339 = time::rfc3339_nanos(now);
+            &rfc3339
+        }
+        DateHeader::Http => {
+            imf = time::imf_fixdate(now);
+            &imf
+        }
     };
-    Snapshot {
-        body: body.freeze(),
-        date: HeaderValue::from_maybe_shared(date)
+    // The same bytes hyper writes for these headers: lower-case names, in insertion order,
+    // content-length last.
+    let mut wire = BytesMut::with_capacity(256 + TEMPLATE.len());
+    wire.put_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nengine: Rust/Hype\r\nlocation: ",
+    );
+    wire.put_slice(location.as_bytes());
+    wire.put_slice(b"\r\ndate: ");
+    let date_start = wire.len();
+    wire.put_slice(date);
+    let date_end = wire.len();
+    wire.put_slice(b"\r\ncontent-length: ");
+    wire.put_slice(TEMPLATE.len().to_string().as_bytes());
+    wire.put_slice(b"\r\n\r\n");
+    let head_len = wire.len();
+    wire.put_slice(TEMPLATE);
+    let created_at_start = head_len + CREATED_AT_OFFSET;
+    wire[created_at_start..created_at_start + time::CREATED_AT_LEN].copy_from_slice(&created_at);
+    let wire = wire.freeze();
+
+    let mut headers = HeaderMap::with_capacity(5);
+    headers.insert(CONTENT_TYPE, JSON);
+    headers.insert(ENGINE, ENGINE_VALUE);
+    headers.insert(LOCATION, location.clone());
+    headers.insert(
+        DATE,
+        HeaderValue::from_maybe_shared(wire.slice(date_start..date_end))
             .expect("the time formatters write only visible ASCII"),
+    );
+    Snapshot {
+        body: wire.slice(head_len..),
+        head_len,
+        headers,
+        wire,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOCATION_VALUE: HeaderValue = HeaderValue::from_static("/v1/avatar");
 
     #[test]
     fn template_holds_the_seed_timestamp_at_the_offset() {
@@ -87,17 +146,32 @@ mod tests {
     #[test]
     fn rendering_the_seed_instant_reproduces_the_seed() {
         let seed_instant = Duration::new(1_682_080_819, 925_350_124);
-        let snapshot = render(DateHeader::Rfc3339, seed_instant);
+        let snapshot = render(DateHeader::Rfc3339, &LOCATION_VALUE, seed_instant);
         assert_eq!(&snapshot.body[..], &TEMPLATE[..]);
-        assert_eq!(snapshot.date, "2023-04-21T12:40:19.925350124+00:00");
-        let snapshot = render(DateHeader::Http, seed_instant);
-        assert_eq!(snapshot.date, "Fri, 21 Apr 2023 12:40:19 GMT");
+        assert_eq!(
+            snapshot.head(),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nengine: Rust/Hype\r\n\
+             location: /v1/avatar\r\ndate: 2023-04-21T12:40:19.925350124+00:00\r\n\
+             content-length: 3696\r\n\r\n"
+        );
+        assert_eq!(
+            snapshot.headers[DATE],
+            "2023-04-21T12:40:19.925350124+00:00"
+        );
+        let snapshot = render(DateHeader::Http, &LOCATION_VALUE, seed_instant);
+        assert_eq!(snapshot.headers[DATE], "Fri, 21 Apr 2023 12:40:19 GMT");
+        assert!(
+            snapshot
+                .head()
+                .ends_with(b"date: Fri, 21 Apr 2023 12:40:19 GMT\r\ncontent-length: 3696\r\n\r\n")
+        );
     }
 
     #[test]
     fn only_the_first_created_at_changes() {
         let snapshot = render(
             DateHeader::Rfc3339,
+            &LOCATION_VALUE,
             Duration::new(1_798_761_599, 999_000_000),
         );
         let range = CREATED_AT_OFFSET..CREATED_AT_OFFSET + time::CREATED_AT_LEN;
@@ -109,17 +183,17 @@ mod tests {
     #[test]
     fn cache_renders_once_per_millisecond() {
         let start = Duration::new(1_798_761_599, 100_000_000);
-        let mut cache = AvatarCache::new(DateHeader::Rfc3339);
-        let first = cache.at(start).body.clone();
-        let same_ms = cache.at(start + Duration::from_micros(999)).body.clone();
+        let mut cache = AvatarCache::new(DateHeader::Rfc3339, LOCATION_VALUE);
+        let first = cache.at(start).wire.clone();
+        let same_ms = cache.at(start + Duration::from_micros(999)).wire.clone();
         assert_eq!(
             first.as_ptr(),
             same_ms.as_ptr(),
             "same millisecond, same buffer"
         );
         let next = cache.at(start + Duration::from_millis(1)).clone();
-        assert_ne!(first.as_ptr(), next.body.as_ptr());
+        assert_ne!(first.as_ptr(), next.wire.as_ptr());
         assert_eq!(&next.body[17..41], b"2026-12-31T23:59:59.101Z");
-        assert_eq!(next.date, "2026-12-31T23:59:59.101000000+00:00");
+        assert_eq!(next.headers[DATE], "2026-12-31T23:59:59.101000000+00:00");
     }
 }

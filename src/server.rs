@@ -4,11 +4,12 @@
 //! shutdown: stop accepting, let in-flight responses finish, close keep-alive connections.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::{Future, Ready, poll_fn, ready};
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
@@ -16,12 +17,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
+use crate::fast::{self, Outcome, Prefixed};
 use crate::routes::{Body, Routes};
 
 /// Pending connections the kernel queues per listener; sized for load tests that open
@@ -160,26 +161,33 @@ fn run_worker(config: &Config, listener: StdListener, stop: watch::Receiver<bool
                 return;
             }
         };
-        let graceful = accept_loop(config, listener, stop).await;
-        // Past the timeout the runtime is dropped, which closes whatever is still open.
-        let _ = tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await;
+        let mut open = accept_loop(config, listener, stop).await;
+        // `recv` yields `None` once every connection has ended. Past the timeout the runtime
+        // is dropped, which closes whatever is still open.
+        let _ = tokio::time::timeout(config.shutdown_timeout, open.recv()).await;
     });
 }
 
-/// Accepts connections until `stop` turns true; returns the handle that drains them.
+/// Accepts connections until `stop` turns true. Each connection task holds a clone of the
+/// returned sender's twin; the receiver yields `None` once every connection has ended.
 async fn accept_loop(
     config: &Config,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) -> GracefulShutdown {
-    let service = AvatarService(Rc::new(Routes::new(config)));
+    stop: watch::Receiver<bool>,
+) -> mpsc::Receiver<()> {
+    let routes = Rc::new(Routes::new(config));
     let mut http = http1::Builder::new();
     http.keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    // Copying the 3.7 KB body into hyper's buffer and writing once costs fewer instructions
+    // than queueing it for writev (7,222 against 7,306 a request under callgrind).
+    http.writev(false);
+    let http = Rc::new(http);
+    let (open_tx, open_rx) = mpsc::channel::<()>(1);
+    let mut stopping = stop.clone();
     loop {
         let stream = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => break,
+            _ = stopping.wait_for(|stopped| *stopped) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
                 Err(err) if is_per_connection(&err) => continue,
@@ -190,15 +198,58 @@ async fn accept_loop(
                 }
             },
         };
-        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
-        let connection = graceful.watch(connection);
-        tokio::task::spawn_local(async move {
-            // Errors here are the client's (a reset, a malformed request hyper already
-            // answered with 4xx): they end that connection only.
-            let _ = connection.await;
-        });
+        let connection = Connection {
+            routes: Rc::clone(&routes),
+            http: Rc::clone(&http),
+            stop: stop.clone(),
+            _open: open_tx.clone(),
+        };
+        tokio::task::spawn_local(connection.serve(stream));
     }
-    graceful
+    open_rx
+}
+
+/// One accepted connection and what it needs from its worker.
+struct Connection {
+    routes: Rc<Routes>,
+    http: Rc<http1::Builder>,
+    stop: watch::Receiver<bool>,
+    /// Dropped when the connection ends, which is how the worker knows it has drained.
+    _open: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        let mut stop = self.stop.clone();
+        let stopping = async move {
+            // An error means the server is gone: stop as well.
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        if let Outcome::Hyper(stream) = fast::serve(stream, &self.routes, stopping).await {
+            self.serve_hyper(stream).await;
+        }
+    }
+
+    /// Hands the connection to hyper for the rest of its life, with graceful shutdown.
+    async fn serve_hyper(mut self, stream: Prefixed) {
+        let service = AvatarService(Rc::clone(&self.routes));
+        let connection = self.http.serve_connection(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        // Let hyper take in the bytes the fast path already read before it can be told to
+        // shut down: hyper closes a connection that has read nothing at once, which would
+        // drop a request that is in fact in flight. Errors here and below are the client's
+        // (a reset, a malformed request hyper already answered): they end this connection.
+        let first = poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
+        if first.is_ready() {
+            return;
+        }
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = self.stop.wait_for(|stopped| *stopped) => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
 }
 
 /// Accept errors that concern one connection only: retry at once.
@@ -214,7 +265,7 @@ fn is_per_connection(err: &io::Error) -> bool {
 }
 
 /// The hyper service of one worker: answers synchronously from the worker's [`Routes`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct AvatarService(Rc<Routes>);
 
 impl hyper::service::Service<Request<Incoming>> for AvatarService {

@@ -105,3 +105,103 @@ fn stopping_the_server_closes_idle_keep_alive_connections() {
     assert!(client.is_closed());
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// The status line and headers with the time-dependent `date` value masked, plus the body
+/// with its first `createdAt` masked.
+fn masked(response: &crate::support::RawResponse) -> (Vec<(String, String)>, Vec<u8>) {
+    let headers = response
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let value = if name == "date" {
+                "#".into()
+            } else {
+                value.clone()
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    let mut body = response.body.clone();
+    body[17..41].fill(b'#');
+    (headers, body)
+}
+
+#[test]
+fn fast_path_and_hyper_answer_the_same_bytes() {
+    let server = spawn_default();
+    // A plain GET takes the fast path; the same GET with a body-length header goes to hyper.
+    let fast = server.get("/v1/avatar");
+    let hyper =
+        server.request("GET /v1/avatar HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(masked(&fast), masked(&hyper));
+    let fast_head = server.request("HEAD /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n");
+    let hyper_head =
+        server.request("HEAD /v1/avatar HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(fast_head.headers.len(), hyper_head.headers.len());
+    for ((fast_name, fast_value), (hyper_name, hyper_value)) in
+        fast_head.headers.iter().zip(&hyper_head.headers)
+    {
+        assert_eq!(fast_name, hyper_name);
+        if fast_name != "date" {
+            assert_eq!(fast_value, hyper_value, "{fast_name}");
+        }
+    }
+}
+
+#[test]
+fn pipelined_avatar_requests_are_all_answered_in_order() {
+    let server = spawn_default();
+    let mut client = server.connect();
+    let mut batch = GET.repeat(10);
+    batch.extend_from_slice(b"HEAD /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n");
+    batch.extend_from_slice(GET);
+    client.send(&batch);
+    for index in 0..10 {
+        let response = client.read_response(false);
+        assert_eq!(response.status, 200, "response {index}");
+        assert_eq!(response.body.len(), 3696, "response {index}");
+    }
+    let head = client.read_response(true);
+    assert_eq!(head.header("content-length"), Some("3696"));
+    assert_eq!(client.read_response(false).body.len(), 3696);
+}
+
+#[test]
+fn a_request_split_across_many_writes_is_answered() {
+    let server = spawn_default();
+    let mut client = server.connect();
+    for chunk in GET.chunks(3) {
+        client.send(chunk);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let response = client.read_response(false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 3696);
+}
+
+#[test]
+fn the_connection_keeps_working_after_hyper_takes_it_over() {
+    let server = spawn_default();
+    let mut client = server.connect();
+    client.send(GET);
+    assert_eq!(client.read_response(false).status, 200);
+    client.send(b"GET /elsewhere HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 404);
+    for _ in 0..3 {
+        client.send(GET);
+        let response = client.read_response(false);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), 3696);
+    }
+}
+
+#[test]
+fn http_1_0_is_answered_and_closed() {
+    let server = spawn_default();
+    let mut client = server.connect();
+    client.send(b"GET /v1/avatar HTTP/1.0\r\n\r\n");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 3696);
+    assert!(client.is_closed());
+}

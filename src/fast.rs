@@ -1,0 +1,313 @@
+//! The fast path: a connection starts here, and every request of the one shape this service
+//! exists for — `GET` or `HEAD` of the avatar path, HTTP/1.1, no body, no connection
+//! management headers — is answered by writing the pre-rendered [`Snapshot`] bytes, which are
+//! exactly what hyper would write. The first request of any other shape, or anything this
+//! module is unsure of, hands the connection (with the bytes already read) to hyper for the
+//! rest of its life, so hyper keeps every protocol decision outside the hot path.
+//!
+//! Why: under callgrind, hyper spends about 7,100 user-space instructions on one keep-alive
+//! avatar request (request parsing ~1,600, response encoding ~1,150, dispatch and flushing);
+//! this path spends a fraction of that (figures in bench/RESULTS.md).
+//!
+//! [`Snapshot`]: crate::avatar::Snapshot
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::routes::Routes;
+
+/// Headers a fast-path request may carry; one more sends it to hyper (whose limit is 100).
+const MAX_HEADERS: usize = 32;
+
+/// A request head still incomplete past this many bytes goes to hyper, which applies its own
+/// limits and answers 431 when they are exceeded.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Headers whose presence means the request needs hyper: a body, connection management,
+/// protocol switches, or behaviour controls.
+const HYPER_HEADERS: [&str; 6] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "expect",
+    "upgrade",
+    "x-m2-behaviour",
+];
+
+/// What the bytes at the front of a connection's buffer are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// A complete fast-path request of `len` bytes; `head_only` for HEAD.
+    Avatar { len: usize, head_only: bool },
+    /// The start of a request: read more.
+    Partial,
+    /// Anything else: hyper takes the connection from here.
+    Hyper,
+}
+
+/// Classifies the request at the front of `buf` against the avatar `path`.
+pub fn classify(buf: &[u8], path: &str) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Head::Partial,
+        Ok(httparse::Status::Partial) | Err(_) => return Head::Hyper,
+    };
+    let head_only = match request.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Head::Hyper,
+    };
+    if request.version != Some(1) || request.path != Some(path) {
+        return Head::Hyper;
+    }
+    let needs_hyper = request.headers.iter().any(|header| {
+        HYPER_HEADERS
+            .iter()
+            .any(|name| header.name.eq_ignore_ascii_case(name))
+    });
+    if needs_hyper {
+        return Head::Hyper;
+    }
+    Head::Avatar { len, head_only }
+}
+
+/// How a fast-path connection ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The peer closed, an I/O error ended it, or shutdown closed it between requests.
+    Closed,
+    /// Hyper must take over: the stream, with `read` holding bytes it has not seen yet.
+    Hyper(Prefixed),
+}
+
+/// Serves fast-path requests on `stream` until the connection ends or needs hyper;
+/// `stopping` resolves when shutdown begins.
+pub async fn serve(
+    mut stream: TcpStream,
+    routes: &Routes,
+    stopping: impl Future<Output = ()>,
+) -> Outcome {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
+    let mut stopping = std::pin::pin!(stopping);
+    let mut stopped = false;
+    loop {
+        // Answer every complete request in the buffer (more than one when pipelined).
+        let mut single: Option<Bytes> = None;
+        loop {
+            match classify(&buf, routes.path()) {
+                Head::Avatar { len, head_only } => {
+                    buf.advance(len);
+                    queue(&mut single, &mut out, routes.avatar_bytes(head_only));
+                }
+                Head::Partial => break,
+                Head::Hyper => {
+                    if flush(&mut stream, &mut single, &mut out).await.is_err() {
+                        return Outcome::Closed;
+                    }
+                    return Outcome::Hyper(Prefixed::new(buf.freeze(), stream));
+                }
+            }
+        }
+        if flush(&mut stream, &mut single, &mut out).await.is_err() {
+            return Outcome::Closed;
+        }
+        if stopped {
+            // Between requests: close. Mid-request: hyper finishes it with `connection: close`.
+            return if buf.is_empty() {
+                Outcome::Closed
+            } else {
+                Outcome::Hyper(Prefixed::new(buf.freeze(), stream))
+            };
+        }
+        buf.reserve(4096);
+        tokio::select! {
+            biased;
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(_) => {}
+            },
+            () = &mut stopping => stopped = true,
+        }
+    }
+}
+
+/// Adds one response to the pending output: kept as the shared `Bytes` when it is the only
+/// one (no copy), gathered into `out` when requests were pipelined.
+fn queue(single: &mut Option<Bytes>, out: &mut BytesMut, bytes: Bytes) {
+    match single.take() {
+        None if out.is_empty() => *single = Some(bytes),
+        Some(first) => {
+            out.extend_from_slice(&first);
+            out.extend_from_slice(&bytes);
+        }
+        None => out.extend_from_slice(&bytes),
+    }
+}
+
+async fn flush(
+    stream: &mut TcpStream,
+    single: &mut Option<Bytes>,
+    out: &mut BytesMut,
+) -> io::Result<()> {
+    if let Some(bytes) = single.take() {
+        stream.write_all(&bytes).await?;
+    }
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// A TCP stream with bytes already read from it in front, for handing a connection to hyper
+/// mid-stream.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(prefix: Bytes, stream: TcpStream) -> Prefixed {
+        Prefixed { prefix, stream }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "/v1/avatar";
+
+    fn classify_str(raw: &str) -> Head {
+        classify(raw.as_bytes(), PATH)
+    }
+
+    #[test]
+    fn plain_get_and_head_take_the_fast_path() {
+        let get = "GET /v1/avatar HTTP/1.1\r\nHost: x\r\nUser-Agent: wrk\r\n\r\n";
+        assert_eq!(
+            classify_str(get),
+            Head::Avatar {
+                len: get.len(),
+                head_only: false
+            }
+        );
+        let head = "HEAD /v1/avatar HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            classify_str(head),
+            Head::Avatar {
+                len: head.len(),
+                head_only: true
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_first_of_pipelined_requests_is_measured() {
+        let one = "GET /v1/avatar HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            classify_str(&one.repeat(3)),
+            Head::Avatar {
+                len: one.len(),
+                head_only: false
+            }
+        );
+    }
+
+    #[test]
+    fn incomplete_heads_wait_for_more() {
+        for raw in ["G", "GET /v1/av", "GET /v1/avatar HTTP/1.1\r\nHost: x\r\n"] {
+            assert_eq!(classify_str(raw), Head::Partial, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn an_endless_head_goes_to_hyper() {
+        let raw = format!("GET /v1/avatar HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert_eq!(classify_str(&raw), Head::Hyper);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for raw in [
+            "POST /v1/avatar HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /other HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /v1/avatar?delay=1s HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /v1/avatar HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nconnection: keep-alive\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nX-M2-Behaviour: delay=1s\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "\x00\x01garbage\r\n\r\n",
+            "GET /v1/avatar HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            assert_eq!(classify_str(raw), Head::Hyper, "{raw:?}");
+        }
+        let many = format!(
+            "GET /v1/avatar HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(classify_str(&many), Head::Hyper);
+    }
+}
