@@ -159,11 +159,25 @@ async fn flush(
     out: &mut BytesMut,
 ) -> io::Result<()> {
     if let Some(bytes) = single.take() {
-        stream.write_all(&bytes).await?;
+        write(stream, &bytes).await?;
     }
     if !out.is_empty() {
-        stream.write_all(out).await?;
+        write(stream, out).await?;
         out.clear();
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes`: one direct attempt first, which almost always takes the whole
+/// response, then the awaiting loop for whatever the socket buffer could not take.
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let written = match stream.try_write(bytes) {
+        Ok(n) => n,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(err) => return Err(err),
+    };
+    if written < bytes.len() {
+        stream.write_all(&bytes[written..]).await?;
     }
     Ok(())
 }

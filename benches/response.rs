@@ -1,0 +1,48 @@
+//! Micro-benchmarks of producing one response: `cargo bench`.
+//!
+//! - `avatar_bytes`: what the fast path does per request (clock read, cache check, a shared
+//!   `Bytes` of the pre-rendered response). Target: under 100 ns.
+//! - `hyper_response`: what the hyper path builds per request (`Response` with a cloned map).
+//! - `render`: re-rendering the template and both timestamps, done once per millisecond.
+//! - `classify`: recognising a typical wrk request as a fast-path avatar GET.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hyper::header::HeaderValue;
+use microservice2::config::{Config, DateHeader};
+use microservice2::routes::Routes;
+use microservice2::{avatar, fast};
+
+fn benches(c: &mut Criterion) {
+    let routes = Routes::new(&Config::default());
+    c.bench_function("avatar_bytes", |b| {
+        b.iter(|| black_box(routes.avatar_bytes(black_box(false))))
+    });
+    let request = hyper::Request::get("/v1/avatar")
+        .body(())
+        .expect("a valid request");
+    c.bench_function("hyper_response", |b| {
+        b.iter(|| black_box(routes.respond(black_box(&request))))
+    });
+    let location = HeaderValue::from_static("/v1/avatar");
+    let mut instant = Duration::new(1_798_761_599, 0);
+    c.bench_function("render", |b| {
+        b.iter(|| {
+            instant += Duration::from_millis(1);
+            black_box(avatar::render(
+                DateHeader::Rfc3339,
+                &location,
+                black_box(instant),
+            ))
+        })
+    });
+    let wrk_request = b"GET /v1/avatar HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n\r\n";
+    c.bench_function("classify", |b| {
+        b.iter(|| black_box(fast::classify(black_box(wrk_request), "/v1/avatar")))
+    });
+}
+
+criterion_group!(response, benches);
+criterion_main!(response);
