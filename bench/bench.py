@@ -1,0 +1,620 @@
+#!/usr/bin/env python3
+"""Load benchmark of microservice2 against peers, driven by bench/run.
+
+Starts each server once, then drives wrk (or k6) against them in alternating rounds
+(A B A B ...), reading each server's CPU time and RSS from /proc before and after every round.
+Prints a table of medians and ratios against the first server, and writes
+bench/results/<mode>.json plus a section of bench/RESULTS.md with an SVG chart.
+
+Servers ("variants") are given as NAME=KIND[ ARGS...]: KIND is `m2` (this repository's release
+binary, ARGS are its flags), `m2-bin:PATH` (another build of it) or `nginx` (a static file
+with the same body and headers). The first variant is the one the ratios are about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS_DIR = BENCH / "results"
+RESULTS_MD = BENCH / "RESULTS.md"
+RELEASE_BIN = ROOT / "target" / "release" / "microservice2"
+AVATAR_JSON = ROOT / "src" / "avatar.json"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings
+
+
+def process_tree(pid: int) -> list[int]:
+    """The pid and its descendants (nginx runs a master and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of every process (all its threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/statm").read_text().split()
+        except OSError:
+            continue
+        total += int(fields[1]) * PAGE
+    return total
+
+
+def open_fds(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {limit}s")
+
+
+NGINX_CONF = """
+worker_processes {workers};
+worker_rlimit_nofile 65536;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 30000; multi_accept on; }}
+http {{
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000000;
+    keepalive_timeout 75s;
+    open_file_cache max=16 inactive=60s;
+    open_file_cache_valid 3600s;
+    sendfile {sendfile};
+    tcp_nodelay on;
+    etag off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        location = /v1/avatar {{
+            default_type application/json;
+            add_header engine Rust/Hype;
+            add_header location /v1/avatar;
+            alias {dir}/avatar.json;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str
+    args: list[str]
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    workdir: tempfile.TemporaryDirectory | None = None
+    binary: Path = RELEASE_BIN
+    rss_start: int = 0
+
+    @staticmethod
+    def parse(spec: str) -> "Variant":
+        if "=" not in spec:
+            raise SystemExit(f"bench: --variant wants NAME=KIND[ ARGS], got {spec!r}")
+        name, rest = spec.split("=", 1)
+        parts = shlex.split(rest)
+        if not parts:
+            raise SystemExit(f"bench: --variant {spec!r} names no kind")
+        kind, args = parts[0], parts[1:]
+        variant = Variant(name, kind, args)
+        if kind.startswith("m2-bin:"):
+            variant.binary = Path(kind.split(":", 1)[1]).resolve()
+            variant.kind = "m2"
+        elif kind not in ("m2", "nginx"):
+            raise SystemExit(f"bench: unknown kind {kind!r} in --variant {spec!r}")
+        return variant
+
+    def start(self, workers: int) -> None:
+        self.port = free_port()
+        if self.kind == "m2":
+            cmd = [str(self.binary), "--host", "127.0.0.1", "--port", str(self.port)]
+            if not any(a.startswith("--workers") for a in self.args):
+                cmd += ["--workers", str(workers)]
+            cmd += self.args
+        else:
+            self.workdir = tempfile.TemporaryDirectory(prefix="m2-bench-nginx-")
+            work = Path(self.workdir.name)
+            # nginx's workers run as an unprivileged user: they must be able to read the file.
+            work.chmod(0o755)
+            (work / "avatar.json").write_bytes(AVATAR_JSON.read_bytes())
+            sendfile = "on" if "sendfile" in self.args else "off"
+            (work / "nginx.conf").write_text(
+                NGINX_CONF.format(workers=workers, dir=work, port=self.port, sendfile=sendfile)
+            )
+            cmd = ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        wait_port(self.port, self.proc)
+        time.sleep(0.2)
+        self.rss_start = rss_bytes(self.pids())
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return process_tree(self.proc.pid)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/avatar"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if self.kind == "m2" else signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.workdir:
+            self.workdir.cleanup()
+            self.workdir = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Load generators
+
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def parse_wrk(out: str) -> dict:
+    result: dict = {}
+    match = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no request count:\n{out}")
+    result["requests"] = int(match.group(1))
+    result["requests_per_s"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    latency = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    result["latency_max_ms"] = seconds(latency.group(3)) * 1e3
+    for pct in ("50", "75", "90", "99"):
+        found = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        if found:
+            result[f"latency_p{pct}_ms"] = seconds(found.group(1)) * 1e3
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    result["socket_errors"] = sum(int(g) for g in errors.groups()) if errors else 0
+    return result
+
+
+def run_wrk(url: str, wrk_args: list[str], script: str | None, script_args: list[str]) -> dict:
+    cmd = ["wrk", "--latency", *wrk_args]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(url)
+    if script_args:
+        cmd += ["--", *script_args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def run_k6(base_url: str, k6_args: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        cmd = ["k6", "run", "--quiet", "--summary-export", str(summary), *k6_args]
+        cmd += ["-e", f"BASE_URL={base_url}", str(ROOT / "k6" / "microservice2-get.js")]
+        subprocess.run(cmd, capture_output=True, text=True, check=True)
+        data = json.loads(summary.read_text())
+    metrics = data["metrics"]
+    duration = metrics["http_req_duration"]
+    reqs = metrics["http_reqs"]
+    failed = metrics["http_req_failed"]
+    return {
+        "requests": int(reqs["count"]),
+        "requests_per_s": reqs["rate"],
+        "latency_p50_ms": duration["med"],
+        "latency_p90_ms": duration["p(90)"],
+        "latency_p95_ms": duration["p(95)"],
+        "latency_max_ms": duration["max"],
+        "failed_rate": failed.get("value", failed.get("rate", 0.0)),
+        "non_2xx": 0,
+        "socket_errors": 0,
+    }
+
+
+def measured(variant: Variant, drive) -> dict:
+    """Runs one load round against `variant`, adding its CPU time and RSS."""
+    pids = variant.pids()
+    cpu_before = cpu_seconds(pids)
+    samples: list[int] = []
+    proc_result: dict = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            samples.append(rss_bytes(variant.pids()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        proc_result = drive()
+    finally:
+        done.set()
+        sampler.join()
+    cpu_after = cpu_seconds(variant.pids())
+    requests = max(proc_result["requests"], 1)
+    proc_result["cpu_us_per_request"] = (cpu_after - cpu_before) * 1e6 / requests
+    # Idle: right after start, before any load; busy: the peak sampled during this round.
+    proc_result["rss_idle_mib"] = variant.rss_start / 2**20
+    proc_result["rss_busy_mib"] = (max(samples) if samples else rss_bytes(pids)) / 2**20
+    return proc_result
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction counts under callgrind
+
+
+def callgrind_run(binary: Path, requests_wanted: int, connections: int) -> tuple[int, int]:
+    """Runs the server under callgrind with one worker, drives it with wrk until at least
+    `requests_wanted` requests were answered (0: none), stops it, and returns
+    (instructions, requests)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="m2-callgrind-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        proc = subprocess.Popen(
+            [
+                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                str(binary), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            wait_port(port, proc, limit=120)
+            served = 0
+            while served < requests_wanted:
+                got = run_wrk(
+                    f"http://127.0.0.1:{port}/v1/avatar",
+                    ["-t1", f"-c{connections}", "-d5s", "--timeout", "10s"], None, [],
+                )
+                if got["non_2xx"] or got["socket_errors"]:
+                    raise RuntimeError(f"errors under callgrind: {got}")
+                served += got["requests"]
+            # The probe connection of wait_port is not a request; each wrk round's
+            # connections are, at most, setup cost shared by thousands of requests.
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        total = 0
+        for line in out.read_text().splitlines():
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+                break
+        return total, served
+
+
+def instructions_per_request(binary: Path, requests: int) -> dict:
+    base, _ = callgrind_run(binary, 0, 10)
+    loaded, served = callgrind_run(binary, requests, 10)
+    return {
+        "instructions_total": loaded,
+        "instructions_startup_shutdown": base,
+        "requests": served,
+        "instructions_per_request": (loaded - base) / served,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def machine() -> dict:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+METRICS = [
+    ("requests_per_s", "req/s", "{:,.0f}"),
+    ("latency_p50_ms", "p50 ms", "{:.3f}"),
+    ("latency_p99_ms", "p99 ms", "{:.3f}"),
+    ("latency_max_ms", "max ms", "{:.2f}"),
+    ("cpu_us_per_request", "CPU µs/req", "{:.2f}"),
+    ("rss_idle_mib", "RSS idle MiB", "{:.1f}"),
+    ("rss_busy_mib", "RSS busy MiB", "{:.1f}"),
+    ("non_2xx", "non-2xx", "{:.0f}"),
+    ("socket_errors", "socket errors", "{:.0f}"),
+]
+
+
+def medians(rounds: list[dict]) -> dict:
+    keys = rounds[0].keys()
+    summary = {}
+    for key in keys:
+        values = [r[key] for r in rounds if isinstance(r.get(key), (int, float))]
+        if values:
+            summary[key] = statistics.median(values)
+    # Errors are summed, not medianed: one is one too many.
+    for key in ("non_2xx", "socket_errors"):
+        if key in summary:
+            summary[key] = sum(r[key] for r in rounds)
+    return summary
+
+
+def table(names: list[str], summary: dict[str, dict], metrics) -> str:
+    present = [m for m in metrics if all(m[0] in summary[n] for n in names)]
+    head = "| server | " + " | ".join(label for _, label, _ in present) + " |"
+    rule = "|---|" + "---|" * len(present)
+    rows = [head, rule]
+    for name in names:
+        cells = [fmt.format(summary[name][key]) for key, _, fmt in present]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = names[0]
+    for other in names[1:]:
+        cells = []
+        for key, _, _ in present:
+            denom = summary[other][key]
+            cells.append(f"{summary[first][key] / denom:.2f}x" if denom else "–")
+        rows.append(f"| **{first}/{other}** | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def svg_chart(names: list[str], summary: dict[str, dict], path: Path, title: str) -> None:
+    """Two bar groups, requests/s and p99 latency, one bar per server."""
+    colours = ["#d9480f", "#1c7ed6", "#37b24d", "#ae3ec9", "#f59f00"]
+    panels = [("requests_per_s", "requests/s (higher is better)", "{:,.0f}")]
+    p99_key = "latency_p99_ms" if all("latency_p99_ms" in summary[n] for n in names) else (
+        "latency_p95_ms"
+    )
+    panels.append((p99_key, p99_key.split("_")[1] + " latency ms (lower is better)", "{:.2f}"))
+    width, panel_h, bar_h, gap = 640, 40 + 34 * len(names), 24, 10
+    height = 40 + panel_h * len(panels)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="13">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="10" y="24" font-size="15" font-weight="bold">{title}</text>',
+    ]
+    for index, (key, label, fmt) in enumerate(panels):
+        top = 40 + index * panel_h
+        parts.append(f'<text x="10" y="{top + 16}" font-weight="bold">{label}</text>')
+        biggest = max(summary[n][key] for n in names) or 1
+        for row, name in enumerate(names):
+            y = top + 26 + row * (bar_h + gap)
+            length = (width - 260) * summary[name][key] / biggest
+            colour = colours[row % len(colours)]
+            parts.append(f'<text x="10" y="{y + 17}">{name}</text>')
+            parts.append(
+                f'<rect x="120" y="{y}" width="{length:.1f}" height="{bar_h}" fill="{colour}"/>'
+            )
+            value = fmt.format(summary[name][key])
+            parts.append(f'<text x="{126 + length:.1f}" y="{y + 17}">{value}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def replace_section(name: str, body: str) -> None:
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS_MD.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", default="wrk", help="section name and kind: wrk, k6, scale, ...")
+    parser.add_argument("--k6", action="store_true", help="drive with the seed's k6 load")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--variant", action="append", default=[], help="NAME=KIND[ ARGS]")
+    parser.add_argument("--wrk", default="-t2 -c100 -d10s", help="wrk flags")
+    parser.add_argument("--script", help="wrk Lua script")
+    parser.add_argument("--script-arg", action="append", default=[])
+    parser.add_argument("--k6-args", default="", help="extra k6 flags")
+    parser.add_argument("--warmup", default="2s")
+    parser.add_argument("--callgrind", type=int, default=20000,
+                        help="requests to count instructions over (0: skip)")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--note", default="", help="a sentence to print above the table")
+    parser.add_argument("--command", default="bench/run", help="the command line, for the report")
+    opts = parser.parse_args()
+
+    specs = opts.variant or ["microservice2=m2", "nginx=nginx"]
+    variants = [Variant.parse(s) for s in specs]
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise SystemExit("bench: variant names must differ")
+    wrk_args = shlex.split(opts.wrk)
+    k6_args = shlex.split(opts.k6_args)
+    kind = "k6" if opts.k6 else "wrk"
+
+    rounds: dict[str, list[dict]] = {n: [] for n in names}
+    try:
+        for variant in variants:
+            variant.start(opts.workers)
+        for variant in variants:
+            if kind == "wrk" and seconds(opts.warmup) > 0:
+                run_wrk(variant.url, ["-t1", "-c50", f"-d{opts.warmup}"], None, [])
+        for index in range(opts.rounds):
+            for variant in variants:
+                if kind == "k6":
+                    base = f"http://127.0.0.1:{variant.port}"
+                    drive = lambda base=base: run_k6(base, k6_args)  # noqa: E731
+                else:
+                    drive = lambda v=variant: run_wrk(  # noqa: E731
+                        v.url, wrk_args, opts.script, opts.script_arg
+                    )
+                result = measured(variant, drive)
+                rounds[variant.name].append(result)
+                print(
+                    f"round {index + 1}/{opts.rounds} {variant.name:>16}: "
+                    f"{result['requests_per_s']:>10,.0f} req/s  "
+                    f"{result['cpu_us_per_request']:.2f} CPU µs/req",
+                    flush=True,
+                )
+                if variant.proc.poll() is not None:
+                    raise RuntimeError(f"{variant.name} exited during the run")
+    finally:
+        for variant in variants:
+            variant.stop()
+
+    summary = {n: medians(rounds[n]) for n in names}
+    report: dict = {
+        "mode": opts.mode,
+        "machine": machine(),
+        "command": opts.command,
+        "load": (["k6", *k6_args] if kind == "k6" else ["wrk", "--latency", *wrk_args]),
+        "variants": {v.name: {"kind": v.kind, "args": v.args} for v in variants},
+        "rounds": rounds,
+        "medians": summary,
+    }
+    m2_variant = next((v for v in variants if v.kind == "m2"), None)
+    if opts.callgrind and m2_variant:
+        print("callgrind: counting instructions per request (one worker)...", flush=True)
+        report["callgrind"] = instructions_per_request(m2_variant.binary, opts.callgrind)
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{opts.mode}.json").write_text(json.dumps(report, indent=2) + "\n")
+    if opts.mode == "wrk":
+        (RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    metrics = list(METRICS)
+    if kind == "k6":
+        metrics = [
+            ("requests_per_s", "req/s", "{:,.0f}"),
+            ("latency_p50_ms", "med ms", "{:.3f}"),
+            ("latency_p95_ms", "p95 ms", "{:.3f}"),
+            ("latency_max_ms", "max ms", "{:.2f}"),
+            ("failed_rate", "failed", "{:.4f}"),
+            ("cpu_us_per_request", "CPU µs/req", "{:.2f}"),
+            ("rss_busy_mib", "RSS busy MiB", "{:.1f}"),
+        ]
+    text = table(names, summary, metrics)
+    print()
+    print(text)
+    lines = [
+        f"## {opts.title or opts.mode}",
+        "",
+        *( [opts.note, ""] if opts.note else [] ),
+        f"Machine: {report['machine']['cores']} cores, {report['machine']['cpu_model']}, "
+        f"kernel {report['machine']['kernel']}; {report['machine']['date']}.",
+        "",
+        f"Command: `{opts.command}` — load `{' '.join(report['load'])}`, "
+        f"{opts.rounds} alternating rounds per server, medians (errors summed); "
+        f"servers with {opts.workers} workers; figures in `bench/results/{opts.mode}.json`.",
+        "",
+        text,
+        "",
+    ]
+    if "callgrind" in report:
+        cg = report["callgrind"]
+        line = (
+            f"User-space instructions per request (callgrind, one worker, 10 keep-alive "
+            f"connections, {cg['requests']:,} requests, start-up and shutdown subtracted): "
+            f"**{cg['instructions_per_request']:,.0f}**."
+        )
+        print(line)
+        lines += [line, ""]
+    chart = RESULTS_DIR / f"{opts.mode}.svg"
+    svg_chart(names, summary, chart, opts.title or opts.mode)
+    lines.append(f"![{opts.mode} chart](results/{chart.name})")
+    replace_section(opts.mode, "\n".join(lines))
+    print(f"\nwrote {RESULTS_DIR / (opts.mode + '.json')} and a '{opts.mode}' section of {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
