@@ -12,11 +12,12 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::header::HeaderValue;
 use microservice2::config::{Config, DateHeader};
-use microservice2::routes::Routes;
+use microservice2::routes::{FaultSignal, Routes, Shared};
 use microservice2::{avatar, fast};
 
 fn benches(c: &mut Criterion) {
-    let routes = Routes::new(&Config::default());
+    let routes = std::rc::Rc::new(Routes::new(&Config::default(), &Shared::default(), 0));
+    let faults = std::rc::Rc::new(FaultSignal::default());
     c.bench_function("avatar_bytes", |b| {
         b.iter(|| black_box(routes.avatar_bytes(black_box(false))))
     });
@@ -24,7 +25,7 @@ fn benches(c: &mut Criterion) {
         .body(())
         .expect("a valid request");
     c.bench_function("hyper_response", |b| {
-        b.iter(|| black_box(routes.respond(black_box(&request))))
+        b.iter(|| black_box(routes.respond(black_box(&request), &faults)))
     });
     let location = HeaderValue::from_static("/v1/avatar");
     let mut instant = Duration::new(1_798_761_599, 0);

@@ -129,6 +129,61 @@ pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) ->
     }
 }
 
+/// Separator between two avatars in the seed's body.
+const SEPARATOR: &str = "} , {";
+
+/// The body with `count` avatars (`count=N`), its first `createdAt` still the seed's (patch it
+/// with [`patch_created_at`]). The first 20 are the seed's, byte for byte; from 21 on they are
+/// generated deterministically in the same shape; `count` of 20 gives [`TEMPLATE`] itself.
+pub fn list(count: u32) -> Bytes {
+    let seed = std::str::from_utf8(TEMPLATE).expect("the seed body is ASCII");
+    let inner = &seed[1..seed.len() - 1];
+    let seed_avatars: Vec<&str> = inner.split(SEPARATOR).collect();
+    let shown = (count as usize).min(seed_avatars.len());
+    let mut out = String::with_capacity(TEMPLATE.len() + count as usize * 200);
+    out.push('[');
+    out.push_str(&seed_avatars[..shown].join(SEPARATOR));
+    if shown < seed_avatars.len() {
+        // Every seed avatar but the last ends just before the separator's closing brace.
+        out.push('}');
+    }
+    for id in seed_avatars.len() as u32 + 1..=count {
+        out.push_str(" , ");
+        out.push_str(&generated(
+            id,
+            seed_avatars[(id as usize - 1) % seed_avatars.len()],
+        ));
+    }
+    out.push(']');
+    Bytes::from(out)
+}
+
+/// Avatar number `id` (21 and up), shaped like the seed's: its name is the seed avatar it
+/// cycles back to, with the id appended; its time and picture follow from the id.
+fn generated(id: u32, seed_avatar: &str) -> String {
+    let name = seed_avatar
+        .split("\"name\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("Avatar");
+    // 2022-11-01T00:00:00Z plus a few minutes per id.
+    let created = Duration::from_millis(1_667_260_800_000 + u64::from(id) * 433_789);
+    let created = time::created_at(created);
+    let created = std::str::from_utf8(&created).expect("ASCII timestamp");
+    let picture = (u64::from(id) * 37) % 1250 + 1;
+    format!(
+        "{{ \"createdAt\":\"{created}\",\"name\":\"{name}{id}\",\"avatar\":\"https://cloudflare-ipfs.com/ipfs/Qmd3W5DuhgHirLHGVixi6V76LhCkZUz6pnFt5AJBiyvHye/avatar/{picture}.jpg\",\"id\":\"{id}\" }}"
+    )
+}
+
+/// Copies `list` with its first `createdAt` set to `now`.
+pub fn patch_created_at(list: &[u8], now: Duration) -> Bytes {
+    let mut body = BytesMut::from(list);
+    body[CREATED_AT_OFFSET..CREATED_AT_OFFSET + time::CREATED_AT_LEN]
+        .copy_from_slice(&time::created_at(now));
+    body.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +233,53 @@ mod tests {
         assert_eq!(&snapshot.body[range.clone()], b"2026-12-31T23:59:59.999Z");
         assert_eq!(snapshot.body[..range.start], TEMPLATE[..range.start]);
         assert_eq!(snapshot.body[range.end..], TEMPLATE[range.end..]);
+    }
+
+    #[test]
+    fn twenty_avatars_are_the_seed_itself() {
+        assert_eq!(&list(20)[..], &TEMPLATE[..]);
+    }
+
+    fn ids(body: &[u8]) -> Vec<String> {
+        let value: serde_json::Value = serde_json::from_slice(body).expect("valid JSON");
+        value
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|avatar| avatar["id"].as_str().expect("string id").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn fewer_avatars_are_a_prefix_of_the_seed() {
+        for count in [1, 2, 19] {
+            let body = list(count);
+            assert_eq!(ids(&body).len(), count as usize);
+            let cut = body.len() - 2; // drop the closing " }]" of the shorter list
+            assert_eq!(&body[..cut], &TEMPLATE[..cut], "count {count}");
+        }
+    }
+
+    #[test]
+    fn more_avatars_are_generated_deterministically_in_the_same_shape() {
+        let body = list(1000);
+        let ids = ids(&body);
+        assert_eq!(ids.len(), 1000);
+        assert_eq!(ids[20], "21");
+        assert_eq!(ids[999], "1000");
+        assert_eq!(&body[..TEMPLATE.len() - 1], &TEMPLATE[..TEMPLATE.len() - 1]);
+        assert_eq!(list(1000), body, "same count, same bytes");
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let keys: Vec<&String> = value[500].as_object().expect("object").keys().collect();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(value[20]["name"], "BillyStoltenberg21");
+    }
+
+    #[test]
+    fn patching_sets_only_the_first_created_at() {
+        let body = patch_created_at(&list(3), Duration::new(1_798_761_599, 123_000_000));
+        assert_eq!(&body[17..41], b"2026-12-31T23:59:59.123Z");
+        assert_eq!(&body[41..], &list(3)[41..]);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, ValueEnum};
 
+use crate::behaviour::parse::Unknown;
+use crate::behaviour::{Controls, Limits};
+
 /// The seed listens on every interface.
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 /// The seed's port.
@@ -17,6 +20,11 @@ pub const DEFAULT_PORT: u16 = 3000;
 pub const DEFAULT_PATH: &str = "/v1/avatar";
 /// Long enough for any in-flight avatar response, short enough for an orchestrator's grace period.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default `--max-delay`, `--max-hang`: long enough for any realistic slow upstream.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(60);
+/// The default `--max-count`: 10,000 avatars is a body of about 1.8 MB.
+pub const DEFAULT_MAX_COUNT: u32 = 10_000;
 
 /// Which form the `date` response header takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -48,7 +56,7 @@ impl Host {
 }
 
 /// The service's whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[derive(Debug, Clone, PartialEq, Parser)]
 #[command(
     name = "microservice2",
     version,
@@ -78,6 +86,38 @@ pub struct Config {
     /// Form of the `date` response header.
     #[arg(long, env = "M2_DATE_HEADER", value_enum, default_value_t = DateHeader::Rfc3339)]
     pub date_header: DateHeader,
+
+    /// Server-wide behaviour profile, e.g. 'delay=lognormal(5ms,50ms)&status=503:1'.
+    #[arg(long, env = "M2_BEHAVIOUR", value_name = "CONTROLS")]
+    pub behaviour: Option<String>,
+
+    /// Honour the x-m2-behaviour header and behaviour query parameters.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_request_behaviour: bool,
+
+    /// Answer 503 with retry-after: 1 at once above this many requests in flight.
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
+    pub max_inflight: Option<NonZeroUsize>,
+
+    /// The longest delay, drip or distribution parameter a request may ask for.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub max_delay: Duration,
+
+    /// How long `fault=hang` holds a request before closing it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub max_hang: Duration,
+
+    /// The most avatars `count=` may ask for.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_COUNT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_count: u32,
+
+    /// Seed for the workers' random generators, so a run can be replayed.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// The parsed `--behaviour` profile (filled in by [`Config::from_args`]).
+    #[arg(skip)]
+    pub profile: Controls,
 }
 
 impl Default for Config {
@@ -92,6 +132,14 @@ impl Default for Config {
             workers: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             date_header: DateHeader::Rfc3339,
+            behaviour: None,
+            allow_request_behaviour: true,
+            max_inflight: None,
+            max_delay: DEFAULT_MAX_DELAY,
+            max_hang: DEFAULT_MAX_DELAY,
+            max_count: DEFAULT_MAX_COUNT,
+            seed: None,
+            profile: Controls::default(),
         }
     }
 }
@@ -114,12 +162,36 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Config::try_parse_from(args).map_err(|err| match err.kind() {
+        let mut config = Config::try_parse_from(args).map_err(|err| match err.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                 ConfigError::Info(err.render().to_string())
             }
             _ => ConfigError::Invalid(one_line(&err)),
-        })
+        })?;
+        if let Some(text) = &config.behaviour {
+            config.profile = Controls::parse(text, &config.limits(), Unknown::Reject).map_err(
+                |err| {
+                    ConfigError::Invalid(format!(
+                        "invalid value '{text}' for '--behaviour <CONTROLS>': {err} (flag or env M2_BEHAVIOUR)"
+                    ))
+                },
+            )?;
+        }
+        Ok(config)
+    }
+
+    /// The bounds behaviour controls are checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_delay: self.max_delay,
+            max_count: self.max_count,
+        }
+    }
+
+    /// Whether every request can take the fast path's fixed answer: no server-wide profile
+    /// and no load shedding, which both need each request counted and planned.
+    pub fn fast_path_allowed(&self) -> bool {
+        self.profile.is_empty() && self.max_inflight.is_none()
     }
 
     /// The number of workers to run: the configured count, or the CPUs this process may use
@@ -286,6 +358,19 @@ mod tests {
             (&["--date-header", "iso"][..], "--date-header"),
             (&["--host", "no such host.invalid"][..], "--host"),
             (&["--bogus"][..], "--bogus"),
+            (&["--behaviour", "delay=abc"][..], "--behaviour"),
+            (&["--behaviour", "colour=blue"][..], "--behaviour"),
+            (
+                &["--max-delay", "1s", "--behaviour", "delay=2s"][..],
+                "--behaviour",
+            ),
+            (&["--max-count", "0"][..], "--max-count"),
+            (&["--max-inflight", "0"][..], "--max-inflight"),
+            (
+                &["--allow-request-behaviour", "maybe"][..],
+                "--allow-request-behaviour",
+            ),
+            (&["--seed", "x"][..], "--seed"),
         ] {
             let message = invalid(args);
             assert!(message.contains(needle), "{args:?}: {message}");

@@ -194,6 +194,11 @@ impl Prefixed {
     pub fn new(prefix: Bytes, stream: TcpStream) -> Prefixed {
         Prefixed { prefix, stream }
     }
+
+    /// The socket, for actions hyper knows nothing of (a reset).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
 }
 
 impl AsyncRead for Prefixed {

@@ -1,6 +1,8 @@
 //! microservice2: the "microservice 2" of a service-to-service benchmark suite. `GET /v1/avatar`
 //! answers the seed's fixed JSON list of 20 avatars, byte for byte, as cheaply as possible.
 //!
+//! - [`behaviour`]: the injection grammar, its sources and sampling (latency, errors, faults).
+//! - [`body`]: response bodies: whole, paced (`drip`, `rate`), truncated.
 //! - [`config`]: flags and environment variables, defaults, validation.
 //! - [`server`]: per-core runtimes, `SO_REUSEPORT` listeners, accept loop, graceful shutdown.
 //! - [`fast`]: the hot path: plain avatar GETs answered from pre-rendered bytes, else hyper.
@@ -9,6 +11,8 @@
 //! - [`time`]: clock reads and the timestamp formats (pure, unit-tested at fixed instants).
 
 pub mod avatar;
+pub mod behaviour;
+pub mod body;
 pub mod config;
 pub mod fast;
 pub mod routes;

@@ -1,43 +1,90 @@
-//! The URL space: which (method, path) gets which answer. This is the only module that knows
-//! the paths; [`Routes::respond`] turns a request into a response without awaiting anything.
+//! The URL space: which (method, path) gets which answer, and where behaviour injection comes
+//! in. This is the only module that knows the paths. [`Routes::respond`] answers at once when
+//! it can and returns a future only for requests with behaviour to act out.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use tokio::sync::Notify;
 
-use crate::avatar::{AvatarCache, Snapshot};
+use crate::avatar::{self, AvatarCache, Snapshot};
+use crate::behaviour::parse::Unknown;
+use crate::behaviour::{BehaviourError, Controls, Fault, Limits, Plan, Rng};
+use crate::body::Body;
 use crate::config::Config;
 use crate::time;
-
-/// The response body type of every route: the whole body is known up front.
-pub type Body = Full<Bytes>;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const GET_HEAD: HeaderValue = HeaderValue::from_static("GET, HEAD");
+const ONE_SECOND: HeaderValue = HeaderValue::from_static("1");
+
+/// The request header that carries behaviour controls.
+pub const BEHAVIOUR_HEADER: &str = "x-m2-behaviour";
 
 /// The seed's 404 body.
 const NOT_FOUND_BODY: &[u8] = b"Not found";
 const METHOD_NOT_ALLOWED_BODY: &[u8] = br#"{"error":"method not allowed","allow":["GET","HEAD"]}"#;
+const OVERLOADED_BODY: &[u8] = br#"{"error":"overloaded","status":503}"#;
+
+/// How many `count=N` bodies each worker keeps rendered.
+const LIST_CACHE: usize = 16;
+
+/// State shared by all workers, touched only by requests on the behaviour path.
+#[derive(Debug, Default, Clone)]
+pub struct Shared {
+    /// Requests in flight on the behaviour path, for `--max-inflight` and `linear(…)`.
+    inflight: Arc<AtomicUsize>,
+}
 
 /// One worker's routing table and response state. Not shared between threads: each worker
-/// owns one, so the cache is refreshed without locks.
+/// owns one, so caches and the random generator are used without locks.
 #[derive(Debug)]
 pub struct Routes {
     path: String,
     avatars: RefCell<AvatarCache>,
+    profile: Controls,
+    allow_request_behaviour: bool,
+    limits: Limits,
+    max_inflight: Option<usize>,
+    max_hang: Duration,
+    shared: Shared,
+    rng: RefCell<Rng>,
+    /// `count=N` bodies, newest last.
+    lists: RefCell<Vec<(u32, Bytes)>>,
 }
 
 impl Routes {
-    pub fn new(config: &Config) -> Routes {
+    /// The routes of worker number `worker`.
+    pub fn new(config: &Config, shared: &Shared, worker: usize) -> Routes {
         let location = HeaderValue::from_str(&config.path)
             .expect("config validation admits only visible ASCII paths");
+        let salt = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let rng = match config.seed {
+            Some(seed) => Rng::new(seed ^ salt),
+            None => Rng::from_entropy(salt),
+        };
         Routes {
             path: config.path.clone(),
             avatars: RefCell::new(AvatarCache::new(config.date_header, location)),
+            profile: config.profile.clone(),
+            allow_request_behaviour: config.allow_request_behaviour,
+            limits: config.limits(),
+            max_inflight: config.max_inflight.map(usize::from),
+            max_hang: config.max_hang,
+            shared: shared.clone(),
+            rng: RefCell::new(rng),
+            lists: RefCell::new(Vec::new()),
         }
     }
 
@@ -63,38 +110,251 @@ impl Routes {
         })
     }
 
-    /// Answers one request.
-    pub fn respond<B>(&self, request: &Request<B>) -> Response<Body> {
+    /// The current avatar body and headers (without content-length).
+    fn avatar_parts(&self) -> (Bytes, HeaderMap) {
+        self.with_avatars(|snapshot| (snapshot.body.clone(), snapshot.headers.clone()))
+    }
+
+    /// Answers one request; `faults` reaches the connection for socket faults.
+    pub fn respond<B>(self: &Rc<Self>, request: &Request<B>, faults: &Rc<FaultSignal>) -> Reply {
         if request.uri().path() != self.path {
-            return plain(StatusCode::NOT_FOUND, TEXT, NOT_FOUND_BODY);
+            return Reply::now(plain(StatusCode::NOT_FOUND, TEXT, NOT_FOUND_BODY));
         }
-        match *request.method() {
-            // hyper sends the headers (content-length included) but no body for HEAD.
-            Method::GET | Method::HEAD => {
-                let (body, headers) =
-                    self.with_avatars(|snapshot| (snapshot.body.clone(), snapshot.headers.clone()));
-                let mut response = Response::new(Full::new(body));
-                // Cloning the prepared map costs less than inserting four headers (about 375
-                // instructions a request under callgrind).
-                *response.headers_mut() = headers;
-                response
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            let mut response = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                JSON,
+                METHOD_NOT_ALLOWED_BODY,
+            );
+            response.headers_mut().insert(ALLOW, GET_HEAD);
+            return Reply::now(response);
+        }
+        let controls = match self.controls(request) {
+            Ok(controls) => controls,
+            Err(err) => return Reply::now(bad_request(&err)),
+        };
+        let guard = match self.admit(&controls) {
+            Admission::Admitted(guard) => guard,
+            Admission::Shed => {
+                let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, JSON, OVERLOADED_BODY);
+                response.headers_mut().insert(RETRY_AFTER, ONE_SECOND);
+                return Reply::now(response);
             }
-            _ => {
-                let mut response = plain(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    JSON,
-                    METHOD_NOT_ALLOWED_BODY,
-                );
-                response.headers_mut().insert(ALLOW, GET_HEAD);
-                response
+        };
+        if controls.is_empty() {
+            let (body, headers) = self.avatar_parts();
+            return Reply::now(with_headers(Body::whole(body), headers));
+        }
+        let inflight = self.shared.inflight.load(Ordering::Relaxed);
+        let plan = match controls.seed {
+            Some(seed) => controls.plan(&mut Rng::new(seed), inflight, &self.limits),
+            None => controls.plan(&mut self.rng.borrow_mut(), inflight, &self.limits),
+        };
+        let routes = Rc::clone(self);
+        let faults = Rc::clone(faults);
+        Reply::Later(Box::pin(async move {
+            let response = routes.act_out(plan, &faults).await;
+            drop(guard);
+            response
+        }))
+    }
+
+    /// The controls for this request: the server profile, then the header, then the query.
+    fn controls<B>(&self, request: &Request<B>) -> Result<Controls, BehaviourError> {
+        let mut controls = self.profile.clone();
+        if !self.allow_request_behaviour {
+            return Ok(controls);
+        }
+        if let Some(header) = request.headers().get(BEHAVIOUR_HEADER) {
+            let text = header.to_str().map_err(|_| {
+                BehaviourError::new(BEHAVIOUR_HEADER, "visible ASCII key=value pairs")
+            })?;
+            controls.merge(Controls::parse(text, &self.limits, Unknown::Reject)?);
+        }
+        if let Some(query) = request.uri().query() {
+            controls.merge(Controls::parse(query, &self.limits, Unknown::Ignore)?);
+        }
+        Ok(controls)
+    }
+
+    /// Counts the request in flight when anything needs the count (load shedding, a
+    /// behaviour to act out); above `--max-inflight`, sheds it.
+    fn admit(&self, controls: &Controls) -> Admission {
+        if self.max_inflight.is_none() && controls.is_empty() {
+            return Admission::Admitted(None);
+        }
+        let guard = InflightGuard::new(&self.shared.inflight);
+        match self.max_inflight {
+            Some(max) if guard.count > max => Admission::Shed,
+            _ => Admission::Admitted(Some(guard)),
+        }
+    }
+
+    /// Carries out a plan: wait, then fault or answer.
+    async fn act_out(&self, plan: Plan, faults: &FaultSignal) -> Response<Body> {
+        if !plan.delay.is_zero() {
+            tokio::time::sleep(plan.delay).await;
+        }
+        match plan.fault {
+            Some(Fault::Hang) => {
+                tokio::time::sleep(self.max_hang).await;
+                return faults.raise(Fault::Close).await;
             }
+            Some(fault @ (Fault::Reset | Fault::Close)) => return faults.raise(fault).await,
+            Some(Fault::Truncate) | None => {}
+        }
+        let (body, mut headers) = match plan.status {
+            Some(code) => {
+                let body = format!(r#"{{"error":"injected","status":{code}}}"#);
+                let mut headers = HeaderMap::with_capacity(2);
+                headers.insert(CONTENT_TYPE, JSON);
+                (Bytes::from(body), headers)
+            }
+            None => {
+                let (body, headers) = self.avatar_parts();
+                match plan.count {
+                    Some(count) => (self.list(count, time::now()), headers),
+                    None => (body, headers),
+                }
+            }
+        };
+        let status = plan
+            .status
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .unwrap_or(StatusCode::OK);
+        let body = if plan.fault == Some(Fault::Truncate) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            Body::truncated(body)
+        } else {
+            match plan.pace(body.len()) {
+                Some(over) => Body::paced(body, over),
+                None => Body::whole(body),
+            }
+        };
+        let mut response = with_headers(body, headers);
+        *response.status_mut() = status;
+        response
+    }
+
+    /// The body with `count` avatars, its first `createdAt` at `now`.
+    fn list(&self, count: u32, now: Duration) -> Bytes {
+        let mut lists = self.lists.borrow_mut();
+        let template = match lists.iter().position(|(n, _)| *n == count) {
+            Some(index) => lists[index].1.clone(),
+            None => {
+                if lists.len() == LIST_CACHE {
+                    lists.remove(0);
+                }
+                let rendered = avatar::list(count);
+                lists.push((count, rendered.clone()));
+                rendered
+            }
+        };
+        avatar::patch_created_at(&template, now)
+    }
+}
+
+/// Whether a request may go on.
+enum Admission {
+    /// Yes; counted in flight while the guard lives, when counting is needed.
+    Admitted(Option<InflightGuard>),
+    /// No: above `--max-inflight`.
+    Shed,
+}
+
+/// Decrements the in-flight count when the request is done (or dropped).
+#[derive(Debug)]
+struct InflightGuard {
+    inflight: Arc<AtomicUsize>,
+    /// The count including this request.
+    count: usize,
+}
+
+impl InflightGuard {
+    fn new(inflight: &Arc<AtomicUsize>) -> InflightGuard {
+        let count = inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        InflightGuard {
+            inflight: Arc::clone(inflight),
+            count,
         }
     }
 }
 
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a request's handler tells its connection to fail at the socket level.
+#[derive(Debug, Default)]
+pub struct FaultSignal {
+    fault: Cell<Option<Fault>>,
+    notify: Notify,
+}
+
+impl FaultSignal {
+    /// Raises `fault` and never returns: the connection drops this request with it.
+    async fn raise(&self, fault: Fault) -> Response<Body> {
+        self.fault.set(Some(fault));
+        self.notify.notify_one();
+        std::future::pending().await
+    }
+
+    /// Resolves with the first fault raised.
+    pub async fn raised(&self) -> Fault {
+        loop {
+            if let Some(fault) = self.fault.get() {
+                return fault;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A response now, or a future of one for requests that act out behaviour.
+pub enum Reply {
+    Now(Option<Response<Body>>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>>>>),
+}
+
+impl Reply {
+    fn now(response: Response<Body>) -> Reply {
+        Reply::Now(Some(response))
+    }
+}
+
+impl Future for Reply {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Reply::Now(response) => Poll::Ready(Ok(response
+                .take()
+                .expect("a Reply is not polled after it completed"))),
+            Reply::Later(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+fn with_headers(body: Body, headers: HeaderMap) -> Response<Body> {
+    let mut response = Response::new(body);
+    // Cloning the prepared map costs less than inserting four headers (about 375
+    // instructions a request under callgrind).
+    *response.headers_mut() = headers;
+    response
+}
+
 fn plain(status: StatusCode, content_type: HeaderValue, body: &'static [u8]) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body)));
+    let mut response = Response::new(Body::from_static(body));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
+}
+
+fn bad_request(err: &BehaviourError) -> Response<Body> {
+    let mut response = Response::new(Body::whole(Bytes::from(err.to_json())));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(CONTENT_TYPE, JSON);
     response
 }

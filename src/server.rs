@@ -4,15 +4,17 @@
 //! shutdown: stop accepting, let in-flight responses finish, close keep-alive connections.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, poll_fn, ready};
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
@@ -21,9 +23,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::behaviour::Fault;
+use crate::body::Body;
 use crate::config::Config;
 use crate::fast::{self, Outcome, Prefixed};
-use crate::routes::{Body, Routes};
+use crate::routes::{FaultSignal, Reply, Routes, Shared};
 
 /// Pending connections the kernel queues per listener; sized for load tests that open
 /// thousands of connections at once.
@@ -46,6 +50,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     config: Arc<Config>,
+    shared: Shared,
     listeners: Vec<StdListener>,
     local_addr: SocketAddr,
 }
@@ -68,6 +73,7 @@ impl Server {
         }
         Ok(Server {
             config: Arc::new(config),
+            shared: Shared::default(),
             listeners,
             local_addr: addr,
         })
@@ -96,12 +102,14 @@ impl Server {
         let mut workers = Vec::with_capacity(self.listeners.len());
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let config = Arc::clone(&self.config);
+            let shared = self.shared.clone();
             let stop = stop_rx.clone();
             let (done_tx, done_rx) = oneshot::channel::<()>();
             let thread = thread::Builder::new()
                 .name(format!("m2-worker-{index}"))
                 .spawn(move || {
-                    run_worker(&config, listener, stop);
+                    let routes = Routes::new(&config, &shared, index);
+                    run_worker(&config, routes, listener, stop);
                     drop(done_tx);
                 })
                 .map_err(|source| ServerError::Worker { index, source })?;
@@ -141,7 +149,7 @@ fn listen(addr: SocketAddr) -> io::Result<StdListener> {
 
 /// One worker: a current-thread runtime running the accept loop and every connection it
 /// accepted, until told to stop and drained (or the shutdown timeout passes).
-fn run_worker(config: &Config, listener: StdListener, stop: watch::Receiver<bool>) {
+fn run_worker(config: &Config, routes: Routes, listener: StdListener, stop: watch::Receiver<bool>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -161,7 +169,7 @@ fn run_worker(config: &Config, listener: StdListener, stop: watch::Receiver<bool
                 return;
             }
         };
-        let mut open = accept_loop(config, listener, stop).await;
+        let mut open = accept_loop(config, routes, listener, stop).await;
         // `recv` yields `None` once every connection has ended. Past the timeout the runtime
         // is dropped, which closes whatever is still open.
         let _ = tokio::time::timeout(config.shutdown_timeout, open.recv()).await;
@@ -172,10 +180,12 @@ fn run_worker(config: &Config, listener: StdListener, stop: watch::Receiver<bool
 /// returned sender's twin; the receiver yields `None` once every connection has ended.
 async fn accept_loop(
     config: &Config,
+    routes: Routes,
     listener: TcpListener,
     stop: watch::Receiver<bool>,
 ) -> mpsc::Receiver<()> {
-    let routes = Rc::new(Routes::new(config));
+    let routes = Rc::new(routes);
+    let fast_path = config.fast_path_allowed();
     let mut http = http1::Builder::new();
     http.keep_alive(true);
     // Copying the 3.7 KB body into hyper's buffer and writing once costs fewer instructions
@@ -199,6 +209,7 @@ async fn accept_loop(
             },
         };
         let connection = Connection {
+            fast_path,
             routes: Rc::clone(&routes),
             http: Rc::clone(&http),
             stop: stop.clone(),
@@ -211,6 +222,8 @@ async fn accept_loop(
 
 /// One accepted connection and what it needs from its worker.
 struct Connection {
+    /// False when every request needs planning (a server-wide profile, load shedding).
+    fast_path: bool,
     routes: Rc<Routes>,
     http: Rc<http1::Builder>,
     stop: watch::Receiver<bool>,
@@ -220,6 +233,9 @@ struct Connection {
 
 impl Connection {
     async fn serve(self, stream: TcpStream) {
+        if !self.fast_path {
+            return self.serve_hyper(Prefixed::new(Bytes::new(), stream)).await;
+        }
         let mut stop = self.stop.clone();
         let stopping = async move {
             // An error means the server is gone: stop as well.
@@ -230,26 +246,50 @@ impl Connection {
         }
     }
 
-    /// Hands the connection to hyper for the rest of its life, with graceful shutdown.
+    /// Hands the connection to hyper for the rest of its life, with graceful shutdown and
+    /// the socket faults that behaviour injection raises.
     async fn serve_hyper(mut self, stream: Prefixed) {
-        let service = AvatarService(Rc::clone(&self.routes));
-        let connection = self.http.serve_connection(TokioIo::new(stream), service);
-        let mut connection = std::pin::pin!(connection);
+        let faults = Rc::new(FaultSignal::default());
+        let service = AvatarService {
+            routes: Rc::clone(&self.routes),
+            faults: Rc::clone(&faults),
+        };
+        let mut connection = self.http.serve_connection(TokioIo::new(stream), service);
         // Let hyper take in the bytes the fast path already read before it can be told to
         // shut down: hyper closes a connection that has read nothing at once, which would
         // drop a request that is in fact in flight. Errors here and below are the client's
         // (a reset, a malformed request hyper already answered): they end this connection.
-        let first = poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await;
+        let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut connection).poll(cx))).await;
         if first.is_ready() {
             return;
         }
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            _ = self.stop.wait_for(|stopped| *stopped) => {}
-        }
-        connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        let fault = tokio::select! {
+            _ = &mut connection => return,
+            fault = faults.raised() => Some(fault),
+            _ = self.stop.wait_for(|stopped| *stopped) => None,
+        };
+        let Some(fault) = fault else {
+            Pin::new(&mut connection).graceful_shutdown();
+            tokio::select! {
+                _ = &mut connection => {}
+                fault = faults.raised() => abort(connection, fault),
+            }
+            return;
+        };
+        abort(connection, fault);
     }
+}
+
+/// Ends a connection for a socket fault: `reset` sends a TCP RST (`SO_LINGER` 0, then
+/// close), `close` a plain FIN; neither writes a response.
+fn abort(connection: http1::Connection<TokioIo<Prefixed>, AvatarService>, fault: Fault) {
+    let stream = connection.into_parts().io.into_inner().into_stream();
+    if fault == Fault::Reset {
+        if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            eprintln!("microservice2: cannot arm a reset: {err}");
+        }
+    }
+    drop(stream);
 }
 
 /// Accept errors that concern one connection only: retry at once.
@@ -264,16 +304,19 @@ fn is_per_connection(err: &io::Error) -> bool {
     )
 }
 
-/// The hyper service of one worker: answers synchronously from the worker's [`Routes`].
+/// The hyper service of one connection: answers from the worker's [`Routes`].
 #[derive(Debug)]
-struct AvatarService(Rc<Routes>);
+struct AvatarService {
+    routes: Rc<Routes>,
+    faults: Rc<FaultSignal>,
+}
 
 impl hyper::service::Service<Request<Incoming>> for AvatarService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<Body>, Infallible>>;
+    type Future = Reply;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        ready(Ok(self.0.respond(&request)))
+    fn call(&self, request: Request<Incoming>) -> Reply {
+        self.routes.respond(&request, &self.faults)
     }
 }

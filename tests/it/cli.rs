@@ -18,7 +18,7 @@ fn listening_line_shows_the_real_port_and_the_port_answers() {
 fn each_bad_setting_exits_2_with_one_line_naming_it() {
     /// Flags, environment variables, and the name the message must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 8] = [
+    let cases: [Case<'_>; 11] = [
         (&["--port", "70000"], &[], "--port"),
         (&[], &[("M2_PORT", "abc")], "M2_PORT"),
         (&["--path", "v1/avatar"], &[], "--path"),
@@ -31,6 +31,9 @@ fn each_bad_setting_exits_2_with_one_line_naming_it() {
             "--shutdown-timeout",
         ),
         (&[], &[("M2_DATE_HEADER", "iso")], "M2_DATE_HEADER"),
+        (&["--behaviour", "delay=abc"], &[], "--behaviour"),
+        (&[], &[("M2_BEHAVIOUR", "status=700")], "M2_BEHAVIOUR"),
+        (&["--max-delay", "1s", "--behaviour", "drip=5s"], &[], "drip"),
     ];
     for (args, env, needle) in cases {
         let output = binary(args)

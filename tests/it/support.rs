@@ -54,6 +54,14 @@ pub fn spawn(config: Config) -> TestServer {
     }
 }
 
+/// A configuration parsed from flags, exactly as the binary parses them.
+pub fn config(args: &[&str]) -> Config {
+    match Config::from_args(std::iter::once("microservice2").chain(args.iter().copied())) {
+        Ok(config) => config,
+        Err(err) => panic!("bad test flags {args:?}: {err}"),
+    }
+}
+
 pub fn spawn_default() -> TestServer {
     spawn(Config::default())
 }
