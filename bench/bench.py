@@ -562,10 +562,15 @@ def main() -> int:
         "rounds": rounds,
         "medians": summary,
     }
-    m2_variant = next((v for v in variants if v.kind == "m2"), None)
-    if opts.callgrind and m2_variant:
-        print("callgrind: counting instructions per request (one worker)...", flush=True)
-        report["callgrind"] = instructions_per_request(m2_variant.binary, opts.callgrind)
+    if opts.callgrind:
+        report["callgrind"] = {}
+        for variant in variants:
+            if variant.kind != "m2" or variant.args:
+                continue  # callgrind runs the binary with its defaults and one worker
+            print(f"callgrind: instructions per request of {variant.name}...", flush=True)
+            report["callgrind"][variant.name] = instructions_per_request(
+                variant.binary, opts.callgrind
+            )
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{opts.mode}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -599,12 +604,11 @@ def main() -> int:
         text,
         "",
     ]
-    if "callgrind" in report:
-        cg = report["callgrind"]
+    for name, cg in report.get("callgrind", {}).items():
         line = (
-            f"User-space instructions per request (callgrind, one worker, 10 keep-alive "
-            f"connections, {cg['requests']:,} requests, start-up and shutdown subtracted): "
-            f"**{cg['instructions_per_request']:,.0f}**."
+            f"User-space instructions per request of {name} (callgrind, one worker, 10 "
+            f"keep-alive connections, {cg['requests']:,} requests, start-up and shutdown "
+            f"subtracted): **{cg['instructions_per_request']:,.0f}**."
         )
         print(line)
         lines += [line, ""]
