@@ -33,7 +33,11 @@ fn each_bad_setting_exits_2_with_one_line_naming_it() {
         (&[], &[("M2_DATE_HEADER", "iso")], "M2_DATE_HEADER"),
         (&["--behaviour", "delay=abc"], &[], "--behaviour"),
         (&[], &[("M2_BEHAVIOUR", "status=700")], "M2_BEHAVIOUR"),
-        (&["--max-delay", "1s", "--behaviour", "drip=5s"], &[], "drip"),
+        (
+            &["--max-delay", "1s", "--behaviour", "drip=5s"],
+            &[],
+            "drip",
+        ),
     ];
     for (args, env, needle) in cases {
         let output = binary(args)
@@ -137,4 +141,22 @@ fn shutdown_timeout_bounds_a_request_that_never_completes() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
         "{waited:?}"
     );
+}
+
+#[test]
+fn sigterm_waits_for_a_delayed_request_in_flight() {
+    let mut server = ChildServer::start(&["--shutdown-timeout", "5s"]);
+    let mut client = Client::connect(server.addr);
+    client.send(b"GET /v1/avatar?delay=600ms HTTP/1.1\r\nHost: test\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(150));
+    let start = Instant::now();
+    server.signal("TERM");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 3696);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "it waited for the delay"
+    );
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
 }
