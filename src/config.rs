@@ -115,6 +115,18 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
+    /// Serve /healthz, /readyz and /metrics on this port instead of the main one.
+    #[arg(long, env = "M2_ADMIN_PORT", value_name = "PORT")]
+    pub admin_port: Option<u16>,
+
+    /// After SIGTERM, keep serving this long with /readyz answering 503, then drain.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Record no metrics (and answer 404 on /metrics).
+    #[arg(long)]
+    pub no_metrics: bool,
+
     /// The parsed `--behaviour` profile (filled in by [`Config::from_args`]).
     #[arg(skip)]
     pub profile: Controls,
@@ -139,6 +151,9 @@ impl Default for Config {
             max_hang: DEFAULT_MAX_DELAY,
             max_count: DEFAULT_MAX_COUNT,
             seed: None,
+            admin_port: None,
+            shutdown_delay: Duration::ZERO,
+            no_metrics: false,
             profile: Controls::default(),
         }
     }
@@ -249,9 +264,17 @@ fn parse_host(value: &str) -> Result<Host, String> {
     }
 }
 
+/// Paths the service keeps for itself.
+pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 fn parse_path(value: &str) -> Result<String, String> {
     if !value.starts_with('/') {
         return Err("the path must start with '/'".to_owned());
+    }
+    if RESERVED_PATHS.contains(&value) {
+        return Err(format!(
+            "{value} is reserved for health, readiness and metrics"
+        ));
     }
     if let Some(bad) = value
         .chars()
@@ -353,6 +376,10 @@ mod tests {
             (&["--port", "70000"][..], "--port"),
             (&["--path", "v1"][..], "--path"),
             (&["--path", "/a b"][..], "--path"),
+            (&["--path", "/metrics"][..], "--path"),
+            (&["--path", "/healthz"][..], "--path"),
+            (&["--shutdown-delay", "x"][..], "--shutdown-delay"),
+            (&["--admin-port", "70000"][..], "--admin-port"),
             (&["--workers", "0"][..], "--workers"),
             (&["--shutdown-timeout", "soon"][..], "--shutdown-timeout"),
             (&["--date-header", "iso"][..], "--date-header"),

@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::metrics::{MethodLabel, Route};
 use crate::routes::Routes;
 
 /// Headers a fast-path request may carry; one more sends it to hyper (whose limit is 100).
@@ -101,24 +102,36 @@ pub async fn serve(
     let mut stopped = false;
     loop {
         // Answer every complete request in the buffer (more than one when pipelined).
+        // The batch's clock read serves both the responses' timestamps and its duration.
+        let start = crate::time::now();
         let mut single: Option<Bytes> = None;
+        let mut answered = [0u64; 2]; // GET, HEAD
+        let mut hand_over = false;
         loop {
             match classify(&buf, routes.path()) {
                 Head::Avatar { len, head_only } => {
                     buf.advance(len);
-                    queue(&mut single, &mut out, routes.avatar_bytes(head_only));
+                    answered[usize::from(head_only)] += 1;
+                    queue(&mut single, &mut out, routes.avatar_bytes(head_only, start));
                 }
                 Head::Partial => break,
                 Head::Hyper => {
-                    if flush(&mut stream, &mut single, &mut out).await.is_err() {
-                        return Outcome::Closed;
-                    }
-                    return Outcome::Hyper(Prefixed::new(buf.freeze(), stream));
+                    hand_over = true;
+                    break;
                 }
             }
         }
         if flush(&mut stream, &mut single, &mut out).await.is_err() {
             return Outcome::Closed;
+        }
+        // One more clock read per batch: pipelined requests share the batch's duration.
+        if answered != [0, 0] {
+            let elapsed = crate::time::now().saturating_sub(start);
+            routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, answered[0]);
+            routes.record(Route::Avatar, MethodLabel::Head, 200, elapsed, answered[1]);
+        }
+        if hand_over {
+            return Outcome::Hyper(Prefixed::new(buf.freeze(), stream));
         }
         if stopped {
             // Between requests: close. Mid-request: hyper finishes it with `connection: close`.

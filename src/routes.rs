@@ -8,9 +8,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -22,6 +22,7 @@ use crate::behaviour::parse::Unknown;
 use crate::behaviour::{BehaviourError, Controls, Fault, Limits, Plan, Rng};
 use crate::body::Body;
 use crate::config::Config;
+use crate::metrics::{MethodLabel, Registry, Route, WorkerMetrics};
 use crate::time;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -36,15 +37,39 @@ pub const BEHAVIOUR_HEADER: &str = "x-m2-behaviour";
 const NOT_FOUND_BODY: &[u8] = b"Not found";
 const METHOD_NOT_ALLOWED_BODY: &[u8] = br#"{"error":"method not allowed","allow":["GET","HEAD"]}"#;
 const OVERLOADED_BODY: &[u8] = br#"{"error":"overloaded","status":503}"#;
+const HEALTHY_BODY: &[u8] = br#"{"status":"ok"}"#;
+const READY_BODY: &[u8] = br#"{"status":"ready"}"#;
+const DRAINING_BODY: &[u8] = br#"{"status":"draining"}"#;
+const PROMETHEUS: HeaderValue =
+    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
 
 /// How many `count=N` bodies each worker keeps rendered.
 const LIST_CACHE: usize = 16;
 
-/// State shared by all workers, touched only by requests on the behaviour path.
-#[derive(Debug, Default, Clone)]
+/// State shared by all workers. The request path touches none of it but for requests on the
+/// behaviour path (the in-flight count); each worker writes only its own metrics.
+#[derive(Debug, Clone)]
 pub struct Shared {
     /// Requests in flight on the behaviour path, for `--max-inflight` and `linear(…)`.
     inflight: Arc<AtomicUsize>,
+    /// False from the moment shutdown begins: `/readyz` answers 503.
+    ready: Arc<AtomicBool>,
+    metrics: Registry,
+}
+
+impl Shared {
+    pub fn new(workers: usize) -> Shared {
+        Shared {
+            inflight: Arc::default(),
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: Registry::new(workers.max(1)),
+        }
+    }
+
+    /// Shutdown has begun: readiness turns 503.
+    pub fn set_draining(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
 }
 
 /// One worker's routing table and response state. Not shared between threads: each worker
@@ -59,6 +84,11 @@ pub struct Routes {
     max_inflight: Option<usize>,
     max_hang: Duration,
     shared: Shared,
+    /// This worker's metrics; recorded unless `--no-metrics`.
+    metrics: Arc<WorkerMetrics>,
+    record: bool,
+    /// `/healthz`, `/readyz` and `/metrics` live on the admin listener, not here.
+    admin_port: bool,
     rng: RefCell<Rng>,
     /// `count=N` bodies, newest last.
     lists: RefCell<Vec<(u32, Bytes)>>,
@@ -83,6 +113,9 @@ impl Routes {
             max_inflight: config.max_inflight.map(usize::from),
             max_hang: config.max_hang,
             shared: shared.clone(),
+            metrics: shared.metrics.worker(worker),
+            record: !config.no_metrics,
+            admin_port: config.admin_port.is_some(),
             rng: RefCell::new(rng),
             lists: RefCell::new(Vec::new()),
         }
@@ -93,21 +126,77 @@ impl Routes {
         &self.path
     }
 
+    /// This worker's metrics.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.metrics
+    }
+
+    /// Records `count` answered requests, unless metrics are off.
+    pub fn record(
+        &self,
+        route: Route,
+        method: MethodLabel,
+        status: u16,
+        elapsed: Duration,
+        count: u64,
+    ) {
+        if self.record && count > 0 {
+            self.metrics.request(route, method, status, elapsed, count);
+        }
+    }
+
+    /// The route a request path falls under, on a main (`admin == false`) or admin listener.
+    fn route(&self, path: &str, admin: bool) -> Route {
+        if admin || !self.admin_port {
+            match path {
+                "/healthz" => return Route::Healthz,
+                "/readyz" => return Route::Readyz,
+                "/metrics" if self.record => return Route::Metrics,
+                _ => {}
+            }
+        }
+        if !admin && path == self.path {
+            Route::Avatar
+        } else {
+            Route::NotFound
+        }
+    }
+
+    /// Answers one request and records it when it is answered.
+    pub fn call<B>(
+        self: &Rc<Self>,
+        request: &Request<B>,
+        faults: &Rc<FaultSignal>,
+        admin: bool,
+    ) -> Recorded {
+        let start = Instant::now();
+        let route = self.route(request.uri().path(), admin);
+        Recorded {
+            reply: self.respond(request, route, faults),
+            routes: Rc::clone(self),
+            route,
+            method: MethodLabel::of(request.method()),
+            start,
+        }
+    }
+
     /// Runs `f` on the current millisecond's avatar response.
     fn with_avatars<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
         f(self.avatars.borrow_mut().at(time::now()))
     }
 
-    /// The current avatar response as wire bytes: the whole of it, or only the status line and
-    /// headers for HEAD. Shares the cached buffer: no copy.
-    pub fn avatar_bytes(&self, head_only: bool) -> Bytes {
-        self.with_avatars(|snapshot| {
+    /// The avatar response at `now` (since the epoch) as wire bytes: the whole of it, or only
+    /// the status line and headers for HEAD. Shares the cached buffer: no copy.
+    pub fn avatar_bytes(&self, head_only: bool, now: Duration) -> Bytes {
+        let mut avatars = self.avatars.borrow_mut();
+        let snapshot = avatars.at(now);
+        {
             if head_only {
                 snapshot.head()
             } else {
                 snapshot.wire.clone()
             }
-        })
+        }
     }
 
     /// The current avatar body and headers (without content-length).
@@ -115,9 +204,14 @@ impl Routes {
         self.with_avatars(|snapshot| (snapshot.body.clone(), snapshot.headers.clone()))
     }
 
-    /// Answers one request; `faults` reaches the connection for socket faults.
-    pub fn respond<B>(self: &Rc<Self>, request: &Request<B>, faults: &Rc<FaultSignal>) -> Reply {
-        if request.uri().path() != self.path {
+    /// Answers one request on `route`; `faults` reaches the connection for socket faults.
+    fn respond<B>(
+        self: &Rc<Self>,
+        request: &Request<B>,
+        route: Route,
+        faults: &Rc<FaultSignal>,
+    ) -> Reply {
+        if route == Route::NotFound {
             return Reply::now(plain(StatusCode::NOT_FOUND, TEXT, NOT_FOUND_BODY));
         }
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -128,6 +222,25 @@ impl Routes {
             );
             response.headers_mut().insert(ALLOW, GET_HEAD);
             return Reply::now(response);
+        }
+        match route {
+            Route::Healthz => return Reply::now(plain(StatusCode::OK, JSON, HEALTHY_BODY)),
+            Route::Readyz if self.shared.ready.load(Ordering::Relaxed) => {
+                return Reply::now(plain(StatusCode::OK, JSON, READY_BODY));
+            }
+            Route::Readyz => {
+                return Reply::now(plain(StatusCode::SERVICE_UNAVAILABLE, JSON, DRAINING_BODY));
+            }
+            Route::Metrics => {
+                let text = self
+                    .shared
+                    .metrics
+                    .render(self.shared.inflight.load(Ordering::Relaxed));
+                let mut response = Response::new(Body::whole(Bytes::from(text)));
+                response.headers_mut().insert(CONTENT_TYPE, PROMETHEUS);
+                return Reply::now(response);
+            }
+            Route::Avatar | Route::NotFound => {}
         }
         let controls = match self.controls(request) {
             Ok(controls) => controls,
@@ -197,11 +310,16 @@ impl Routes {
         }
         match plan.fault {
             Some(Fault::Hang) => {
+                self.fault_injected(Fault::Hang);
                 tokio::time::sleep(self.max_hang).await;
                 return faults.raise(Fault::Close).await;
             }
-            Some(fault @ (Fault::Reset | Fault::Close)) => return faults.raise(fault).await,
-            Some(Fault::Truncate) | None => {}
+            Some(fault @ (Fault::Reset | Fault::Close)) => {
+                self.fault_injected(fault);
+                return faults.raise(fault).await;
+            }
+            Some(Fault::Truncate) => self.fault_injected(Fault::Truncate),
+            None => {}
         }
         let (body, mut headers) = match plan.status {
             Some(code) => {
@@ -234,6 +352,12 @@ impl Routes {
         let mut response = with_headers(body, headers);
         *response.status_mut() = status;
         response
+    }
+
+    fn fault_injected(&self, fault: Fault) {
+        if self.record {
+            self.metrics.fault(fault);
+        }
     }
 
     /// The body with `count` avatars, its first `createdAt` at `now`.
@@ -309,6 +433,35 @@ impl FaultSignal {
             }
             self.notify.notified().await;
         }
+    }
+}
+
+/// A [`Reply`] that records its request in the metrics once answered. A request dropped
+/// before its answer (a socket fault, a client gone) is not counted as answered.
+pub struct Recorded {
+    reply: Reply,
+    routes: Rc<Routes>,
+    route: Route,
+    method: MethodLabel,
+    start: Instant,
+}
+
+impl Future for Recorded {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let response = std::task::ready!(Pin::new(&mut this.reply).poll(cx));
+        if let Ok(response) = &response {
+            this.routes.record(
+                this.route,
+                this.method,
+                response.status().as_u16(),
+                this.start.elapsed(),
+                1,
+            );
+        }
+        Poll::Ready(response)
     }
 }
 

@@ -27,7 +27,7 @@ use crate::behaviour::Fault;
 use crate::body::Body;
 use crate::config::Config;
 use crate::fast::{self, Outcome, Prefixed};
-use crate::routes::{FaultSignal, Reply, Routes, Shared};
+use crate::routes::{FaultSignal, Recorded, Routes, Shared};
 
 /// Pending connections the kernel queues per listener; sized for load tests that open
 /// thousands of connections at once.
@@ -53,6 +53,8 @@ pub struct Server {
     shared: Shared,
     listeners: Vec<StdListener>,
     local_addr: SocketAddr,
+    /// The separate listener for `/healthz`, `/readyz` and `/metrics` (`--admin-port`).
+    admin: Option<(StdListener, SocketAddr)>,
 }
 
 impl Server {
@@ -71,12 +73,35 @@ impl Server {
             }
             listeners.push(listener);
         }
+        let admin = match config.admin_port {
+            Some(port) => {
+                let admin_addr = SocketAddr::new(config.host.ip, port);
+                let listener = listen(admin_addr).map_err(|source| ServerError::Listen {
+                    addr: admin_addr,
+                    source,
+                })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::Listen {
+                        addr: admin_addr,
+                        source,
+                    })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         Ok(Server {
+            shared: Shared::new(workers),
             config: Arc::new(config),
-            shared: Shared::default(),
             listeners,
             local_addr: addr,
+            admin,
         })
+    }
+
+    /// The admin listener's address, when `--admin-port` was given.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The address the listeners are bound to, with the real port when 0 was asked for.
@@ -100,22 +125,32 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = Vec::with_capacity(self.listeners.len());
+        let mut admin = self.admin.map(|(listener, _)| listener);
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let config = Arc::clone(&self.config);
             let shared = self.shared.clone();
             let stop = stop_rx.clone();
+            // The first worker also serves the admin listener.
+            let mut listeners = vec![(listener, false)];
+            listeners.extend(admin.take().map(|listener| (listener, true)));
             let (done_tx, done_rx) = oneshot::channel::<()>();
             let thread = thread::Builder::new()
                 .name(format!("m2-worker-{index}"))
                 .spawn(move || {
                     let routes = Routes::new(&config, &shared, index);
-                    run_worker(&config, routes, listener, stop);
+                    run_worker(&config, routes, listeners, stop);
                     drop(done_tx);
                 })
                 .map_err(|source| ServerError::Worker { index, source })?;
             workers.push((thread, done_rx));
         }
         shutdown.await;
+        // Readiness turns 503 first; everything else is served normally for the delay, so
+        // a load balancer can take this instance out of rotation before it stops accepting.
+        self.shared.set_draining();
+        if !self.config.shutdown_delay.is_zero() {
+            tokio::time::sleep(self.config.shutdown_delay).await;
+        }
         // Receivers outlive the send: each worker holds one until it has drained.
         let _ = stop_tx.send(true);
         for (thread, done) in workers {
@@ -147,9 +182,14 @@ fn listen(addr: SocketAddr) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// One worker: a current-thread runtime running the accept loop and every connection it
+/// One worker: a current-thread runtime running the accept loops and every connection they
 /// accepted, until told to stop and drained (or the shutdown timeout passes).
-fn run_worker(config: &Config, routes: Routes, listener: StdListener, stop: watch::Receiver<bool>) {
+fn run_worker(
+    config: &Config,
+    routes: Routes,
+    listeners: Vec<(StdListener, bool)>,
+    stop: watch::Receiver<bool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -162,68 +202,92 @@ fn run_worker(config: &Config, routes: Routes, listener: StdListener, stop: watc
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let listener = match TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(err) => {
-                eprintln!("microservice2: cannot register a listener: {err}");
-                return;
-            }
+        let mut http = http1::Builder::new();
+        http.keep_alive(true);
+        // Copying the 3.7 KB body into hyper's buffer and writing once costs fewer
+        // instructions than queueing it for writev (7,222 against 7,306 a request).
+        http.writev(false);
+        let worker = Worker {
+            fast_path: config.fast_path_allowed(),
+            routes: Rc::new(routes),
+            http: Rc::new(http),
         };
-        let mut open = accept_loop(config, routes, listener, stop).await;
-        // `recv` yields `None` once every connection has ended. Past the timeout the runtime
-        // is dropped, which closes whatever is still open.
-        let _ = tokio::time::timeout(config.shutdown_timeout, open.recv()).await;
+        // Each connection holds a sender; `recv` yields `None` once all have ended.
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+        let mut loops = Vec::with_capacity(listeners.len());
+        for (listener, admin) in listeners {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => loops.push(tokio::task::spawn_local(worker.clone().accept_loop(
+                    listener,
+                    admin,
+                    stop.clone(),
+                    open_tx.clone(),
+                ))),
+                Err(err) => eprintln!("microservice2: cannot register a listener: {err}"),
+            }
+        }
+        drop(open_tx);
+        for accept_loop in loops {
+            let _ = accept_loop.await;
+        }
+        // Past the timeout the runtime is dropped, which closes whatever is still open.
+        let _ = tokio::time::timeout(config.shutdown_timeout, open_rx.recv()).await;
     });
 }
 
-/// Accepts connections until `stop` turns true. Each connection task holds a clone of the
-/// returned sender's twin; the receiver yields `None` once every connection has ended.
-async fn accept_loop(
-    config: &Config,
-    routes: Routes,
-    listener: TcpListener,
-    stop: watch::Receiver<bool>,
-) -> mpsc::Receiver<()> {
-    let routes = Rc::new(routes);
-    let fast_path = config.fast_path_allowed();
-    let mut http = http1::Builder::new();
-    http.keep_alive(true);
-    // Copying the 3.7 KB body into hyper's buffer and writing once costs fewer instructions
-    // than queueing it for writev (7,222 against 7,306 a request under callgrind).
-    http.writev(false);
-    let http = Rc::new(http);
-    let (open_tx, open_rx) = mpsc::channel::<()>(1);
-    let mut stopping = stop.clone();
-    loop {
-        let stream = tokio::select! {
-            biased;
-            _ = stopping.wait_for(|stopped| *stopped) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(err) if is_per_connection(&err) => continue,
-                Err(err) => {
-                    eprintln!("microservice2: accept failed, backing off: {err}");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let connection = Connection {
-            fast_path,
-            routes: Rc::clone(&routes),
-            http: Rc::clone(&http),
-            stop: stop.clone(),
-            _open: open_tx.clone(),
-        };
-        tokio::task::spawn_local(connection.serve(stream));
+/// What every connection of a worker shares.
+#[derive(Clone)]
+struct Worker {
+    /// False when every request needs planning (a server-wide profile, load shedding).
+    fast_path: bool,
+    routes: Rc<Routes>,
+    http: Rc<http1::Builder>,
+}
+
+impl Worker {
+    /// Accepts connections until `stop` turns true.
+    async fn accept_loop(
+        self,
+        listener: TcpListener,
+        admin: bool,
+        stop: watch::Receiver<bool>,
+        open: mpsc::Sender<()>,
+    ) {
+        let mut stopping = stop.clone();
+        loop {
+            let stream = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stopped| *stopped) => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(err) if is_per_connection(&err) => continue,
+                    Err(err) => {
+                        eprintln!("microservice2: accept failed, backing off: {err}");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            self.routes.metrics().connection_accepted();
+            let connection = Connection {
+                fast_path: self.fast_path && !admin,
+                admin,
+                routes: Rc::clone(&self.routes),
+                http: Rc::clone(&self.http),
+                stop: stop.clone(),
+                _open: open.clone(),
+            };
+            tokio::task::spawn_local(connection.serve(stream));
+        }
     }
-    open_rx
 }
 
 /// One accepted connection and what it needs from its worker.
 struct Connection {
-    /// False when every request needs planning (a server-wide profile, load shedding).
+    /// False when every request needs planning, and on the admin listener.
     fast_path: bool,
+    /// Accepted on the admin listener: only the admin paths are served.
+    admin: bool,
     routes: Rc<Routes>,
     http: Rc<http1::Builder>,
     stop: watch::Receiver<bool>,
@@ -253,6 +317,7 @@ impl Connection {
         let service = AvatarService {
             routes: Rc::clone(&self.routes),
             faults: Rc::clone(&faults),
+            admin: self.admin,
         };
         let mut connection = self.http.serve_connection(TokioIo::new(stream), service);
         // Let hyper take in the bytes the fast path already read before it can be told to
@@ -277,6 +342,12 @@ impl Connection {
             return;
         };
         abort(connection, fault);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.routes.metrics().connection_closed();
     }
 }
 
@@ -309,14 +380,15 @@ fn is_per_connection(err: &io::Error) -> bool {
 struct AvatarService {
     routes: Rc<Routes>,
     faults: Rc<FaultSignal>,
+    admin: bool,
 }
 
 impl hyper::service::Service<Request<Incoming>> for AvatarService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Reply;
+    type Future = Recorded;
 
-    fn call(&self, request: Request<Incoming>) -> Reply {
-        self.routes.respond(&request, &self.faults)
+    fn call(&self, request: Request<Incoming>) -> Recorded {
+        self.routes.call(&request, &self.faults, self.admin)
     }
 }

@@ -3,5 +3,6 @@
 mod behaviour;
 mod cli;
 mod contract;
+mod observability;
 mod protocol;
 mod support;

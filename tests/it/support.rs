@@ -17,6 +17,8 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A server running on its own threads; dropping it shuts it down and waits for it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener, when the configuration asked for one.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -30,11 +32,14 @@ pub fn spawn(config: Config) -> TestServer {
             ip: [127, 0, 0, 1].into(),
         },
         port: 0,
+        // An admin port given in a test is always port 0.
+        admin_port: config.admin_port.map(|_| 0),
         workers: config.workers.or(std::num::NonZeroUsize::new(2)),
         ..config
     };
     let server = Server::bind(config).expect("bind on port 0");
     let addr = server.local_addr();
+    let admin = server.admin_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -49,6 +54,7 @@ pub fn spawn(config: Config) -> TestServer {
     });
     TestServer {
         addr,
+        admin,
         stop: Some(stop),
         thread: Some(thread),
     }

@@ -1,0 +1,342 @@
+//! Metrics: per-worker counters and histograms, each written only by its own worker (a load and
+//! a store, no locked instruction, no cache line shared with another writer), merged when
+//! `/metrics` is scraped into the Prometheus text exposition format 0.0.4.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::behaviour::Fault;
+
+/// The routes requests are counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Avatar,
+    Healthz,
+    Readyz,
+    Metrics,
+    NotFound,
+}
+
+impl Route {
+    const ALL: [Route; 5] = [
+        Route::Avatar,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Metrics,
+        Route::NotFound,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Avatar => "avatar",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
+/// Methods are counted as GET, HEAD or other (the label set stays bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodLabel {
+    Get,
+    Head,
+    Other,
+}
+
+impl MethodLabel {
+    const ALL: [MethodLabel; 3] = [MethodLabel::Get, MethodLabel::Head, MethodLabel::Other];
+
+    pub fn of(method: &hyper::Method) -> MethodLabel {
+        match *method {
+            hyper::Method::GET => MethodLabel::Get,
+            hyper::Method::HEAD => MethodLabel::Head,
+            _ => MethodLabel::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            MethodLabel::Get => "GET",
+            MethodLabel::Head => "HEAD",
+            MethodLabel::Other => "other",
+        }
+    }
+}
+
+/// Upper bounds of the duration histogram's buckets, in seconds: 50 µs to 60 s.
+pub const BUCKETS: [f64; 19] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Status codes counted: 100 to 599.
+const STATUSES: usize = 500;
+const ROUTES: usize = Route::ALL.len();
+const METHODS: usize = MethodLabel::ALL.len();
+
+/// Bumps a counter only this worker writes: no locked read-modify-write needed.
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+/// One worker's metrics. Aligned so two workers' hot counters never share a cache line.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct WorkerMetrics {
+    /// [route][method][status - 100].
+    requests: Vec<AtomicU64>,
+    /// [route][bucket], the last bucket being +Inf.
+    buckets: Vec<AtomicU64>,
+    /// [route]: total nanoseconds.
+    duration_sum: Vec<AtomicU64>,
+    accepted: AtomicU64,
+    closed: AtomicU64,
+    faults: [AtomicU64; 4],
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        WorkerMetrics {
+            requests: zeros(ROUTES * METHODS * STATUSES),
+            buckets: zeros(ROUTES * (BUCKETS.len() + 1)),
+            duration_sum: zeros(ROUTES),
+            accepted: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            faults: Default::default(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// Records `count` requests answered with `status` after `elapsed` each.
+    pub fn request(
+        &self,
+        route: Route,
+        method: MethodLabel,
+        status: u16,
+        elapsed: Duration,
+        count: u64,
+    ) {
+        let status = usize::from(status.clamp(100, 599) - 100);
+        bump(
+            &self.requests[(route as usize * METHODS + method as usize) * STATUSES + status],
+            count,
+        );
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS.len());
+        bump(
+            &self.buckets[route as usize * (BUCKETS.len() + 1) + bucket],
+            count,
+        );
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        bump(
+            &self.duration_sum[route as usize],
+            nanos.saturating_mul(count),
+        );
+    }
+
+    pub fn connection_accepted(&self) {
+        bump(&self.accepted, 1);
+    }
+
+    pub fn connection_closed(&self) {
+        bump(&self.closed, 1);
+    }
+
+    pub fn fault(&self, fault: Fault) {
+        let index = Fault::ALL
+            .iter()
+            .position(|f| *f == fault)
+            .expect("Fault::ALL lists every fault");
+        bump(&self.faults[index], 1);
+    }
+}
+
+/// Every worker's metrics, for merging at scrape time.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    workers: Arc<Vec<Arc<WorkerMetrics>>>,
+}
+
+impl Registry {
+    pub fn new(workers: usize) -> Registry {
+        Registry {
+            workers: Arc::new((0..workers).map(|_| Arc::default()).collect()),
+        }
+    }
+
+    /// The metrics worker `index` writes.
+    pub fn worker(&self, index: usize) -> Arc<WorkerMetrics> {
+        Arc::clone(&self.workers[index % self.workers.len()])
+    }
+
+    fn sum(&self, read: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.workers.iter().map(|w| read(w)).sum()
+    }
+
+    /// The exposition text. `inflight` is the current number of requests in flight.
+    pub fn render(&self, inflight: usize) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(8192);
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_requests_total Requests answered, by route, method and status.\n\
+             # TYPE microservice2_requests_total counter"
+        );
+        for route in Route::ALL {
+            for method in MethodLabel::ALL {
+                for status in 0..STATUSES {
+                    let index = (route as usize * METHODS + method as usize) * STATUSES + status;
+                    let value = self.sum(|w| load(&w.requests[index]));
+                    if value > 0 {
+                        let _ = writeln!(
+                            out,
+                            "microservice2_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {value}",
+                            route.label(),
+                            method.label(),
+                            status + 100
+                        );
+                    }
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_request_duration_seconds Time from a request's head to its answer.\n\
+             # TYPE microservice2_request_duration_seconds histogram"
+        );
+        for route in Route::ALL {
+            let base = route as usize * (BUCKETS.len() + 1);
+            let mut cumulative = 0;
+            for (index, bound) in BUCKETS.iter().enumerate() {
+                cumulative += self.sum(|w| load(&w.buckets[base + index]));
+                let _ = writeln!(
+                    out,
+                    "microservice2_request_duration_seconds_bucket{{route=\"{}\",le=\"{bound}\"}} {cumulative}",
+                    route.label()
+                );
+            }
+            cumulative += self.sum(|w| load(&w.buckets[base + BUCKETS.len()]));
+            let sum = self.sum(|w| load(&w.duration_sum[route as usize])) as f64 / 1e9;
+            let label = route.label();
+            let _ = writeln!(
+                out,
+                "microservice2_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {cumulative}\n\
+                 microservice2_request_duration_seconds_sum{{route=\"{label}\"}} {sum}\n\
+                 microservice2_request_duration_seconds_count{{route=\"{label}\"}} {cumulative}"
+            );
+        }
+        let accepted = self.sum(|w| load(&w.accepted));
+        let closed = self.sum(|w| load(&w.closed));
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_inflight_requests Requests being answered now.\n\
+             # TYPE microservice2_inflight_requests gauge\n\
+             microservice2_inflight_requests {inflight}\n\
+             # HELP microservice2_connections_accepted_total Connections accepted.\n\
+             # TYPE microservice2_connections_accepted_total counter\n\
+             microservice2_connections_accepted_total {accepted}\n\
+             # HELP microservice2_connections_open Connections open now.\n\
+             # TYPE microservice2_connections_open gauge\n\
+             microservice2_connections_open {}\n\
+             # HELP microservice2_faults_injected_total Socket faults injected, by kind.\n\
+             # TYPE microservice2_faults_injected_total counter",
+            accepted.saturating_sub(closed)
+        );
+        for (index, fault) in Fault::ALL.iter().enumerate() {
+            let value = self.sum(|w| load(&w.faults[index]));
+            let _ = writeln!(
+                out,
+                "microservice2_faults_injected_total{{kind=\"{}\"}} {value}",
+                fault.name()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_build_info The running build.\n\
+             # TYPE microservice2_build_info gauge\n\
+             microservice2_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        process::render(&mut out);
+        out
+    }
+}
+
+/// The process collector's metrics, read from /proc/self.
+mod process {
+    use std::fmt::Write as _;
+
+    fn clock_ticks() -> f64 {
+        // The kernel's USER_HZ is 100 on every Linux architecture this service targets.
+        100.0
+    }
+
+    pub fn render(out: &mut String) {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the parenthesised command name; utime is field 14, stime 15,
+        // starttime 22 (1-based in proc(5)), so 11, 12 and 19 here.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(11), field(12)) {
+            let _ = writeln!(
+                out,
+                "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+                 # TYPE process_cpu_seconds_total counter\n\
+                 process_cpu_seconds_total {}",
+                (utime + stime) / clock_ticks()
+            );
+        }
+        let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(start), Some(boot)) = (field(19), boot_time) {
+            let _ = writeln!(
+                out,
+                "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+                 # TYPE process_start_time_seconds gauge\n\
+                 process_start_time_seconds {}",
+                boot + start / clock_ticks()
+            );
+        }
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        if let Some(pages) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let _ = writeln!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+                 # TYPE process_resident_memory_bytes gauge\n\
+                 process_resident_memory_bytes {}",
+                pages * 4096
+            );
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            let _ = writeln!(
+                out,
+                "# HELP process_open_fds Number of open file descriptors.\n\
+                 # TYPE process_open_fds gauge\n\
+                 process_open_fds {}",
+                entries.count()
+            );
+        }
+    }
+}
