@@ -36,6 +36,16 @@ pub enum DateHeader {
     Http,
 }
 
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The address to listen on: the text the user gave (shown in the `Listening on` line) and the
 /// IP it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +137,22 @@ pub struct Config {
     #[arg(long)]
     pub no_metrics: bool,
 
+    /// Also accept HTTP/2 with prior knowledge (h2c) on the same port.
+    #[arg(long, env = "M2_HTTP2")]
+    pub http2: bool,
+
+    /// Log line format; RUST_LOG filters (default: info).
+    #[arg(long, env = "M2_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log one line per request: method, path, status, duration, bytes.
+    #[arg(long)]
+    pub access_log: bool,
+
+    /// With --access-log, log this fraction of requests (for high rates).
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub access_log_sample: f64,
+
     /// The parsed `--behaviour` profile (filled in by [`Config::from_args`]).
     #[arg(skip)]
     pub profile: Controls,
@@ -154,6 +180,10 @@ impl Default for Config {
             admin_port: None,
             shutdown_delay: Duration::ZERO,
             no_metrics: false,
+            http2: false,
+            log_format: LogFormat::Text,
+            access_log: false,
+            access_log_sample: 1.0,
             profile: Controls::default(),
         }
     }
@@ -295,6 +325,13 @@ fn parse_workers(value: &str) -> Result<NonZeroUsize, String> {
     }
 }
 
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if ratio > 0.0 && ratio <= 1.0 => Ok(ratio),
+        _ => Err("expected a fraction above 0 and at most 1, such as 0.01".to_owned()),
+    }
+}
+
 /// Parses a duration such as `10s`, `250ms`, `1.5s`, `150us`, `2m` or `1h`.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     const EXPECTED: &str =
@@ -380,6 +417,9 @@ mod tests {
             (&["--path", "/healthz"][..], "--path"),
             (&["--shutdown-delay", "x"][..], "--shutdown-delay"),
             (&["--admin-port", "70000"][..], "--admin-port"),
+            (&["--log-format", "xml"][..], "--log-format"),
+            (&["--access-log-sample", "0"][..], "--access-log-sample"),
+            (&["--access-log-sample", "1.5"][..], "--access-log-sample"),
             (&["--workers", "0"][..], "--workers"),
             (&["--shutdown-timeout", "soon"][..], "--shutdown-timeout"),
             (&["--date-header", "iso"][..], "--date-header"),

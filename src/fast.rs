@@ -129,6 +129,16 @@ pub async fn serve(
             let elapsed = crate::time::now().saturating_sub(start);
             routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, answered[0]);
             routes.record(Route::Avatar, MethodLabel::Head, 200, elapsed, answered[1]);
+            if routes.access_logging() {
+                let bytes = crate::avatar::TEMPLATE.len() as u64;
+                for (method, count, bytes) in
+                    [("GET", answered[0], bytes), ("HEAD", answered[1], 0)]
+                {
+                    for _ in 0..count {
+                        routes.access(method, routes.path(), 200, elapsed, bytes);
+                    }
+                }
+            }
         }
         if hand_over {
             return Outcome::Hyper(Prefixed::new(buf.freeze(), stream));
@@ -206,6 +216,11 @@ pub struct Prefixed {
 impl Prefixed {
     pub fn new(prefix: Bytes, stream: TcpStream) -> Prefixed {
         Prefixed { prefix, stream }
+    }
+
+    /// The bytes read ahead of hyper.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
     }
 
     /// The socket, for actions hyper knows nothing of (a reset).

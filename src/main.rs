@@ -5,9 +5,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use microservice2::config::ConfigError;
+use microservice2::config::{ConfigError, LogFormat};
 use microservice2::{Config, Server};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -21,12 +22,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(config.log_format);
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("microservice2: {err}");
+            tracing::error!("{err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr (stdout carries only the `Listening on` line), filtered by RUST_LOG.
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(false).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 }
 
@@ -39,7 +53,18 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         // line is always caught.
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let summary = format!("{config:?}");
+        let behaviour = config.behaviour.clone().unwrap_or_default();
         let server = Server::bind(config)?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            address = %server.local_addr(),
+            admin = ?server.admin_addr(),
+            workers = server.workers(),
+            behaviour = %behaviour,
+            "microservice2 started"
+        );
+        tracing::debug!(config = %summary, "configuration");
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{}", server.listening_line())?;
         stdout.flush()?;

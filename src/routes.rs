@@ -89,6 +89,8 @@ pub struct Routes {
     record: bool,
     /// `/healthz`, `/readyz` and `/metrics` live on the admin listener, not here.
     admin_port: bool,
+    /// `--access-log`: the fraction of requests to log.
+    access_log: Option<f64>,
     rng: RefCell<Rng>,
     /// `count=N` bodies, newest last.
     lists: RefCell<Vec<(u32, Bytes)>>,
@@ -116,6 +118,7 @@ impl Routes {
             metrics: shared.metrics.worker(worker),
             record: !config.no_metrics,
             admin_port: config.admin_port.is_some(),
+            access_log: config.access_log.then_some(config.access_log_sample),
             rng: RefCell::new(rng),
             lists: RefCell::new(Vec::new()),
         }
@@ -145,6 +148,30 @@ impl Routes {
         }
     }
 
+    /// Whether requests are access-logged at all.
+    pub fn access_logging(&self) -> bool {
+        self.access_log.is_some()
+    }
+
+    /// Writes one access-log line, when this request is in the sample.
+    pub fn access(&self, method: &str, path: &str, status: u16, elapsed: Duration, bytes: u64) {
+        let Some(ratio) = self.access_log else {
+            return;
+        };
+        if ratio < 1.0 && self.rng.borrow_mut().next_f64() >= ratio {
+            return;
+        }
+        tracing::info!(
+            target: "access",
+            method,
+            path,
+            status,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            bytes,
+            "request"
+        );
+    }
+
     /// The route a request path falls under, on a main (`admin == false`) or admin listener.
     fn route(&self, path: &str, admin: bool) -> Route {
         if admin || !self.admin_port {
@@ -171,12 +198,16 @@ impl Routes {
     ) -> Recorded {
         let start = Instant::now();
         let route = self.route(request.uri().path(), admin);
+        let access = self
+            .access_logging()
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
         Recorded {
             reply: self.respond(request, route, faults),
             routes: Rc::clone(self),
             route,
             method: MethodLabel::of(request.method()),
             start,
+            access,
         }
     }
 
@@ -444,6 +475,8 @@ pub struct Recorded {
     route: Route,
     method: MethodLabel,
     start: Instant,
+    /// Method and path, kept only when access logging is on.
+    access: Option<(Method, String)>,
 }
 
 impl Future for Recorded {
@@ -453,13 +486,15 @@ impl Future for Recorded {
         let this = self.get_mut();
         let response = std::task::ready!(Pin::new(&mut this.reply).poll(cx));
         if let Ok(response) = &response {
-            this.routes.record(
-                this.route,
-                this.method,
-                response.status().as_u16(),
-                this.start.elapsed(),
-                1,
-            );
+            let elapsed = this.start.elapsed();
+            let status = response.status().as_u16();
+            this.routes
+                .record(this.route, this.method, status, elapsed, 1);
+            if let Some((method, path)) = &this.access {
+                let bytes = hyper::body::Body::size_hint(response.body()).lower();
+                this.routes
+                    .access(method.as_str(), path, status, elapsed, bytes);
+            }
         }
         Poll::Ready(response)
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -99,6 +99,11 @@ impl Server {
         })
     }
 
+    /// How many workers serve.
+    pub fn workers(&self) -> usize {
+        self.listeners.len()
+    }
+
     /// The admin listener's address, when `--admin-port` was given.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|(_, addr)| *addr)
@@ -145,21 +150,30 @@ impl Server {
             workers.push((thread, done_rx));
         }
         shutdown.await;
+        tracing::info!(
+            delay = ?self.config.shutdown_delay,
+            "shutdown: readiness now answers 503"
+        );
         // Readiness turns 503 first; everything else is served normally for the delay, so
         // a load balancer can take this instance out of rotation before it stops accepting.
         self.shared.set_draining();
         if !self.config.shutdown_delay.is_zero() {
             tokio::time::sleep(self.config.shutdown_delay).await;
         }
+        tracing::info!(
+            timeout = ?self.config.shutdown_timeout,
+            "shutdown: no longer accepting; draining connections"
+        );
         // Receivers outlive the send: each worker holds one until it has drained.
         let _ = stop_tx.send(true);
         for (thread, done) in workers {
             // The sender is dropped when the worker returns; an error just means "done".
             let _ = done.await;
             if thread.join().is_err() {
-                eprintln!("microservice2: a worker thread panicked during shutdown");
+                tracing::error!("a worker thread panicked during shutdown");
             }
         }
+        tracing::info!("shutdown: complete");
         Ok(())
     }
 }
@@ -196,7 +210,7 @@ fn run_worker(
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("microservice2: cannot start a worker runtime: {err}");
+            tracing::error!("cannot start a worker runtime: {err}");
             return;
         }
     };
@@ -208,6 +222,7 @@ fn run_worker(
         // instructions than queueing it for writev (7,222 against 7,306 a request).
         http.writev(false);
         let worker = Worker {
+            http2: config.http2,
             fast_path: config.fast_path_allowed(),
             routes: Rc::new(routes),
             http: Rc::new(http),
@@ -223,7 +238,7 @@ fn run_worker(
                     stop.clone(),
                     open_tx.clone(),
                 ))),
-                Err(err) => eprintln!("microservice2: cannot register a listener: {err}"),
+                Err(err) => tracing::error!("cannot register a listener: {err}"),
             }
         }
         drop(open_tx);
@@ -231,13 +246,20 @@ fn run_worker(
             let _ = accept_loop.await;
         }
         // Past the timeout the runtime is dropped, which closes whatever is still open.
-        let _ = tokio::time::timeout(config.shutdown_timeout, open_rx.recv()).await;
+        if tokio::time::timeout(config.shutdown_timeout, open_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: timeout reached; closing the connections still open");
+        }
     });
 }
 
 /// What every connection of a worker shares.
 #[derive(Clone)]
 struct Worker {
+    /// `--http2`: connections opening with the HTTP/2 preface are served as h2c.
+    http2: bool,
     /// False when every request needs planning (a server-wide profile, load shedding).
     fast_path: bool,
     routes: Rc<Routes>,
@@ -254,6 +276,7 @@ impl Worker {
         open: mpsc::Sender<()>,
     ) {
         let mut stopping = stop.clone();
+        let mut last_error_log: Option<tokio::time::Instant> = None;
         loop {
             let stream = tokio::select! {
                 biased;
@@ -262,7 +285,13 @@ impl Worker {
                     Ok((stream, _peer)) => stream,
                     Err(err) if is_per_connection(&err) => continue,
                     Err(err) => {
-                        eprintln!("microservice2: accept failed, backing off: {err}");
+                        // Out of file descriptors, say: back off rather than spin, and log
+                        // at most once a second however long it lasts.
+                        let now = tokio::time::Instant::now();
+                        if last_error_log.is_none_or(|last| now - last >= Duration::from_secs(1)) {
+                            tracing::warn!("accept failed, backing off: {err}");
+                            last_error_log = Some(now);
+                        }
                         tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                         continue;
                     }
@@ -270,6 +299,7 @@ impl Worker {
             };
             self.routes.metrics().connection_accepted();
             let connection = Connection {
+                http2: self.http2,
                 fast_path: self.fast_path && !admin,
                 admin,
                 routes: Rc::clone(&self.routes),
@@ -284,6 +314,8 @@ impl Worker {
 
 /// One accepted connection and what it needs from its worker.
 struct Connection {
+    /// `--http2`: serve h2c when the client opens with the HTTP/2 preface.
+    http2: bool,
     /// False when every request needs planning, and on the admin listener.
     fast_path: bool,
     /// Accepted on the admin listener: only the admin paths are served.
@@ -298,7 +330,10 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream) {
         if !self.fast_path {
-            return self.serve_hyper(Prefixed::new(Bytes::new(), stream)).await;
+            let h2 = self.http2 && opens_with_preface(&stream).await;
+            return self
+                .serve_hyper(Prefixed::new(Bytes::new(), stream), h2)
+                .await;
         }
         let mut stop = self.stop.clone();
         let stopping = async move {
@@ -306,13 +341,42 @@ impl Connection {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
         if let Outcome::Hyper(stream) = fast::serve(stream, &self.routes, stopping).await {
-            self.serve_hyper(stream).await;
+            let h2 = self.http2 && stream.prefix().starts_with(H2_PREFACE_START);
+            self.serve_hyper(stream, h2).await;
         }
     }
 
     /// Hands the connection to hyper for the rest of its life, with graceful shutdown and
     /// the socket faults that behaviour injection raises.
-    async fn serve_hyper(mut self, stream: Prefixed) {
+    async fn serve_hyper(self, stream: Prefixed, h2: bool) {
+        if h2 {
+            self.serve_h2(stream).await;
+        } else {
+            self.serve_h1(stream).await;
+        }
+    }
+
+    /// HTTP/2 with prior knowledge. A socket fault raised by any stream ends the connection.
+    async fn serve_h2(mut self, stream: Prefixed) {
+        let faults = Rc::new(FaultSignal::default());
+        let service = AvatarService {
+            routes: Rc::clone(&self.routes),
+            faults: Rc::clone(&faults),
+            admin: self.admin,
+        };
+        let connection =
+            http2::Builder::new(LocalExec).serve_connection(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = faults.raised() => return,
+            _ = self.stop.wait_for(|stopped| *stopped) => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+
+    async fn serve_h1(mut self, stream: Prefixed) {
         let faults = Rc::new(FaultSignal::default());
         let service = AvatarService {
             routes: Rc::clone(&self.routes),
@@ -345,6 +409,36 @@ impl Connection {
     }
 }
 
+/// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Whether the client opens with the HTTP/2 preface, read ahead without consuming anything
+/// (the bytes stay in the socket for hyper).
+async fn opens_with_preface(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE_START.len()];
+    // A client that sends the preface in pieces gets a second; then it is taken as HTTP/1.
+    for _ in 0..1000 {
+        match stream.peek(&mut buf).await {
+            Ok(n) if n == buf.len() => return buf[..] == *H2_PREFACE_START,
+            Ok(n) if n > 0 && H2_PREFACE_START.starts_with(&buf[..n]) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Runs hyper's HTTP/2 stream tasks on the worker's own thread (the service is not `Send`).
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         self.routes.metrics().connection_closed();
@@ -357,7 +451,7 @@ fn abort(connection: http1::Connection<TokioIo<Prefixed>, AvatarService>, fault:
     let stream = connection.into_parts().io.into_inner().into_stream();
     if fault == Fault::Reset {
         if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
-            eprintln!("microservice2: cannot arm a reset: {err}");
+            tracing::warn!("cannot arm a reset: {err}");
         }
     }
     drop(stream);

@@ -219,3 +219,76 @@ fn readiness_turns_503_during_the_shutdown_delay_while_avatars_are_served() {
         start.elapsed()
     );
 }
+
+/// Sends `count` plain GETs, a 404 and a delayed GET, then SIGTERM; returns the logs.
+fn logs_of_a_short_run(args: &[&str], count: usize) -> String {
+    let mut server = ChildServer::start_capturing_logs(args);
+    let mut client = Client::connect(server.addr);
+    for _ in 0..count {
+        client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(client.read_response(false).status, 200);
+    }
+    client.send(b"GET /elsewhere HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 404);
+    client.send(b"GET /v1/avatar?delay=5ms HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 200);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+    server.logs()
+}
+
+#[test]
+fn json_logs_parse_line_by_line_with_summary_access_lines_and_shutdown_steps() {
+    let logs = logs_of_a_short_run(&["--log-format", "json", "--access-log"], 3);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["message"] == "microservice2 started")
+        .expect("a start-up summary");
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(started["workers"], 1);
+    assert!(
+        started["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+    let access: Vec<_> = lines.iter().filter(|l| l["target"] == "access").collect();
+    assert_eq!(access.len(), 5, "one line per request");
+    assert_eq!(access[0]["method"], "GET");
+    assert_eq!(access[0]["path"], "/v1/avatar");
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[0]["bytes"], 3696);
+    assert!(access[0]["duration_us"].is_u64());
+    assert_eq!(access[3]["status"], 404);
+    assert!(
+        access[4]["duration_us"]
+            .as_u64()
+            .is_some_and(|us| us >= 5000)
+    );
+    let shutdown = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("shutdown:"))
+        })
+        .count();
+    assert!(shutdown >= 3, "{logs}");
+}
+
+#[test]
+fn access_log_is_off_by_default_and_sampled_on_request() {
+    let logs = logs_of_a_short_run(&[], 5);
+    assert!(logs.contains("microservice2 started"), "{logs}");
+    assert!(
+        !logs.contains("access"),
+        "no access lines by default: {logs}"
+    );
+    let logs = logs_of_a_short_run(&["--access-log", "--access-log-sample", "0.2"], 400);
+    let sampled = logs.lines().filter(|l| l.contains(" access: ")).count();
+    // 402 requests at 20%: about 80; the binomial standard deviation is 8.
+    assert!((40..=125).contains(&sampled), "{sampled} lines sampled");
+}

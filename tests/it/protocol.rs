@@ -205,3 +205,70 @@ fn http_1_0_is_answered_and_closed() {
     assert_eq!(response.body.len(), 3696);
     assert!(client.is_closed());
 }
+
+/// Sends GET `path` over HTTP/2 with prior knowledge; returns (status, version, body).
+fn h2_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<(u16, hyper::Version, Vec<u8>), String> {
+    use http_body_util::{BodyExt, Empty};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            sender.send_request(request),
+        )
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let version = response.version();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes()
+            .to_vec();
+        Ok((status, version, body))
+    })
+}
+
+#[test]
+fn http2_prior_knowledge_works_beside_http_1_1_with_the_flag() {
+    for args in [&["--http2"][..], &["--http2", "--max-inflight", "100"][..]] {
+        let server = crate::support::spawn(crate::support::config(args));
+        let (status, version, body) = h2_get(server.addr, "/v1/avatar").expect("an h2c answer");
+        assert_eq!((status, version), (200, hyper::Version::HTTP_2), "{args:?}");
+        assert_eq!(body.len(), 3696);
+        let (status, _, _) = h2_get(server.addr, "/v1/avatar?status=503").expect("h2c");
+        assert_eq!(status, 503);
+        // HTTP/1.1 on the same port.
+        let response = server.get("/v1/avatar");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), 3696);
+    }
+}
+
+#[test]
+fn http2_is_refused_without_the_flag() {
+    let server = spawn_default();
+    assert!(h2_get(server.addr, "/v1/avatar").is_err());
+    assert_eq!(server.get("/v1/avatar").status, 200);
+}

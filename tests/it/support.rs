@@ -234,11 +234,30 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts the binary on 127.0.0.1 port 0 and waits for its `Listening on` line.
     pub fn start(extra: &[&str]) -> ChildServer {
+        ChildServer::start_with(extra, Stdio::inherit())
+    }
+
+    /// Like [`ChildServer::start`], with stderr piped for the test to read after exit.
+    pub fn start_capturing_logs(extra: &[&str]) -> ChildServer {
+        ChildServer::start_with(extra, Stdio::piped())
+    }
+
+    /// Everything the process wrote to stderr; call after it has exited.
+    pub fn logs(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut text).expect("read stderr");
+        }
+        text
+    }
+
+    fn start_with(extra: &[&str], stderr: Stdio) -> ChildServer {
         let mut args = vec!["--host", "127.0.0.1", "--port", "0", "--workers", "1"];
         args.extend_from_slice(extra);
         let mut child = binary(&args)
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start the binary");
         let stdout = child.stdout.take().expect("piped stdout");
