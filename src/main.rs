@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use microservice2::config::{ConfigError, LogFormat};
 use microservice2::{Config, Server};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -22,7 +24,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(config.log_format);
+    if let Err(message) = init_logs(config.log_format) {
+        eprintln!("microservice2: {message}");
+        return ExitCode::from(2);
+    }
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -32,16 +37,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (stdout carries only the `Listening on` line), filtered by RUST_LOG.
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Logs go to stderr (stdout carries only the `Listening on` line), filtered by RUST_LOG
+/// (`info` when unset): a level, or `target=level` pairs such as `info,access=off`.
+/// tracing-subscriber's `Targets` filter reads that syntax without the regex engine its
+/// `EnvFilter` needs, which kept 0.4 MiB of code resident at idle.
+fn init_logs(format: LogFormat) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => text.parse::<Targets>().map_err(|err| {
+            format!("invalid value '{text}' for RUST_LOG: {err} (e.g. info or info,access=off)")
+        })?,
+        _ => Targets::new().with_default(LevelFilter::INFO),
+    };
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => logs.with_ansi(false).init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(false).finish().with(filter).init(),
+        LogFormat::Json => logs.json().flatten_event(true).finish().with(filter).init(),
     }
+    Ok(())
 }
 
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {

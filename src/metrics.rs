@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::behaviour::Fault;
@@ -73,8 +73,10 @@ pub const BUCKETS: [f64; 19] = [
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Status codes counted: 100 to 599.
-const STATUSES: usize = 500;
+/// Distinct statuses counted per (route, method); a 33rd would be counted as `other`. Real
+/// traffic sees a handful (200, 400, 404, 405, 503 and the injected ones). A small table
+/// instead of one counter per possible code keeps idle memory low.
+const STATUSES: usize = 32;
 const ROUTES: usize = Route::ALL.len();
 const METHODS: usize = MethodLabel::ALL.len();
 
@@ -86,12 +88,42 @@ fn bump(counter: &AtomicU64, by: u64) {
     );
 }
 
+/// One (route, method) row of request counters: statuses in the order first seen.
+#[derive(Debug, Default)]
+struct StatusRow {
+    /// 0 marks a free slot.
+    codes: [AtomicU16; STATUSES],
+    counts: [AtomicU64; STATUSES],
+    /// Requests whose status found no free slot.
+    other: AtomicU64,
+}
+
+impl StatusRow {
+    /// Only the owning worker calls this, so claiming a free slot needs no compare-and-swap.
+    fn bump(&self, status: u16, by: u64) {
+        for (code, count) in self.codes.iter().zip(&self.counts) {
+            match code.load(Ordering::Relaxed) {
+                c if c == status => return bump(count, by),
+                0 => {
+                    // Publish the count before the code, so a scrape never sees the code
+                    // with another status's count.
+                    bump(count, by);
+                    code.store(status, Ordering::Release);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        bump(&self.other, by);
+    }
+}
+
 /// One worker's metrics. Aligned so two workers' hot counters never share a cache line.
 #[derive(Debug)]
 #[repr(align(128))]
 pub struct WorkerMetrics {
-    /// [route][method][status - 100].
-    requests: Vec<AtomicU64>,
+    /// [route][method].
+    requests: Vec<StatusRow>,
     /// [route][bucket], the last bucket being +Inf.
     buckets: Vec<AtomicU64>,
     /// [route]: total nanoseconds.
@@ -105,7 +137,9 @@ impl Default for WorkerMetrics {
     fn default() -> Self {
         let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
         WorkerMetrics {
-            requests: zeros(ROUTES * METHODS * STATUSES),
+            requests: (0..ROUTES * METHODS)
+                .map(|_| StatusRow::default())
+                .collect(),
             buckets: zeros(ROUTES * (BUCKETS.len() + 1)),
             duration_sum: zeros(ROUTES),
             accepted: AtomicU64::new(0),
@@ -125,11 +159,7 @@ impl WorkerMetrics {
         elapsed: Duration,
         count: u64,
     ) {
-        let status = usize::from(status.clamp(100, 599) - 100);
-        bump(
-            &self.requests[(route as usize * METHODS + method as usize) * STATUSES + status],
-            count,
-        );
+        self.requests[route as usize * METHODS + method as usize].bump(status, count);
         let seconds = elapsed.as_secs_f64();
         let bucket = BUCKETS
             .iter()
@@ -196,18 +226,31 @@ impl Registry {
         );
         for route in Route::ALL {
             for method in MethodLabel::ALL {
-                for status in 0..STATUSES {
-                    let index = (route as usize * METHODS + method as usize) * STATUSES + status;
-                    let value = self.sum(|w| load(&w.requests[index]));
-                    if value > 0 {
-                        let _ = writeln!(
-                            out,
-                            "microservice2_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {value}",
-                            route.label(),
-                            method.label(),
-                            status + 100
-                        );
+                let row = route as usize * METHODS + method as usize;
+                // Workers see statuses in different orders: add up by code.
+                let mut totals: Vec<(String, u64)> = Vec::new();
+                for worker in self.workers.iter() {
+                    let row = &worker.requests[row];
+                    let slots = row.codes.iter().zip(&row.counts);
+                    let seen = slots.filter_map(|(code, count)| {
+                        let code = code.load(Ordering::Acquire);
+                        (code != 0).then(|| (code.to_string(), load(count)))
+                    });
+                    for (code, count) in seen.chain([("other".to_owned(), load(&row.other))]) {
+                        match totals.iter_mut().find(|(c, _)| *c == code) {
+                            Some((_, total)) => *total += count,
+                            None => totals.push((code, count)),
+                        }
                     }
+                }
+                totals.sort();
+                for (status, value) in totals.into_iter().filter(|(_, v)| *v > 0) {
+                    let _ = writeln!(
+                        out,
+                        "microservice2_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {value}",
+                        route.label(),
+                        method.label(),
+                    );
                 }
             }
         }
@@ -338,5 +381,73 @@ mod process {
                 entries.count()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_counted_by_code_and_overflow_into_other() {
+        let registry = Registry::new(2);
+        let (a, b) = (registry.worker(0), registry.worker(1));
+        let micro = Duration::from_micros(10);
+        a.request(Route::Avatar, MethodLabel::Get, 200, micro, 3);
+        b.request(Route::Avatar, MethodLabel::Get, 503, micro, 1);
+        b.request(Route::Avatar, MethodLabel::Get, 200, micro, 2);
+        for code in 400..400 + STATUSES as u16 + 2 {
+            a.request(Route::NotFound, MethodLabel::Other, code, micro, 1);
+        }
+        let text = registry.render(0);
+        assert!(text.contains(
+            "microservice2_requests_total{route=\"avatar\",method=\"GET\",status=\"200\"} 5\n"
+        ));
+        assert!(text.contains(
+            "microservice2_requests_total{route=\"avatar\",method=\"GET\",status=\"503\"} 1\n"
+        ));
+        assert!(text.contains(
+            "microservice2_requests_total{route=\"not_found\",method=\"other\",status=\"other\"} 2\n"
+        ));
+        assert!(text.contains(
+            "microservice2_request_duration_seconds_bucket{route=\"avatar\",le=\"0.00005\"} 6\n"
+        ));
+        assert!(
+            text.contains("microservice2_request_duration_seconds_count{route=\"avatar\"} 6\n")
+        );
+    }
+
+    #[test]
+    fn durations_land_in_the_first_bucket_that_holds_them() {
+        let registry = Registry::new(1);
+        let worker = registry.worker(0);
+        worker.request(
+            Route::Healthz,
+            MethodLabel::Get,
+            200,
+            Duration::from_millis(3),
+            1,
+        );
+        worker.request(
+            Route::Healthz,
+            MethodLabel::Get,
+            200,
+            Duration::from_secs(61),
+            1,
+        );
+        let text = registry.render(0);
+        let bucket = |le: &str| {
+            let key = format!(
+                "microservice2_request_duration_seconds_bucket{{route=\"healthz\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|line| line.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("0.0025"), "0");
+        assert_eq!(bucket("0.005"), "1");
+        assert_eq!(bucket("60"), "1");
+        assert_eq!(bucket("+Inf"), "2");
     }
 }

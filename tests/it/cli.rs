@@ -18,7 +18,7 @@ fn listening_line_shows_the_real_port_and_the_port_answers() {
 fn each_bad_setting_exits_2_with_one_line_naming_it() {
     /// Flags, environment variables, and the name the message must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 12] = [
+    let cases: [Case<'_>; 13] = [
         (&["--port", "70000"], &[], "--port"),
         (&[], &[("M2_PORT", "abc")], "M2_PORT"),
         (&["--path", "v1/avatar"], &[], "--path"),
@@ -33,6 +33,7 @@ fn each_bad_setting_exits_2_with_one_line_naming_it() {
         (&[], &[("M2_DATE_HEADER", "iso")], "M2_DATE_HEADER"),
         (&["--behaviour", "delay=abc"], &[], "--behaviour"),
         (&["--path", "/metrics"], &[], "--path"),
+        (&[], &[("RUST_LOG", "info,=x=")], "RUST_LOG"),
         (&[], &[("M2_BEHAVIOUR", "status=700")], "M2_BEHAVIOUR"),
         (
             &["--max-delay", "1s", "--behaviour", "drip=5s"],
