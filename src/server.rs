@@ -356,14 +356,20 @@ impl Connection {
         }
     }
 
-    /// HTTP/2 with prior knowledge. A socket fault raised by any stream ends the connection.
-    async fn serve_h2(mut self, stream: Prefixed) {
+    /// The hyper service for this connection, and the signal its requests raise faults on.
+    fn service(&self) -> (AvatarService, Rc<FaultSignal>) {
         let faults = Rc::new(FaultSignal::default());
         let service = AvatarService {
             routes: Rc::clone(&self.routes),
             faults: Rc::clone(&faults),
             admin: self.admin,
         };
+        (service, faults)
+    }
+
+    /// HTTP/2 with prior knowledge. A socket fault raised by any stream ends the connection.
+    async fn serve_h2(mut self, stream: Prefixed) {
+        let (service, faults) = self.service();
         let connection =
             http2::Builder::new(LocalExec).serve_connection(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
@@ -377,12 +383,7 @@ impl Connection {
     }
 
     async fn serve_h1(mut self, stream: Prefixed) {
-        let faults = Rc::new(FaultSignal::default());
-        let service = AvatarService {
-            routes: Rc::clone(&self.routes),
-            faults: Rc::clone(&faults),
-            admin: self.admin,
-        };
+        let (service, faults) = self.service();
         let mut connection = self.http.serve_connection(TokioIo::new(stream), service);
         // Let hyper take in the bytes the fast path already read before it can be told to
         // shut down: hyper closes a connection that has read nothing at once, which would
