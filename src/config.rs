@@ -21,6 +21,11 @@ pub const DEFAULT_PATH: &str = "/v1/avatar";
 /// Long enough for any in-flight avatar response, short enough for an orchestrator's grace period.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Long enough for any honest client to send a request head, short enough to shed slowloris.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive connections idle longer than this are closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The default `--max-delay`, `--max-hang`: long enough for any realistic slow upstream.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(60);
 /// The default `--max-count`: 10,000 avatars is a body of about 1.8 MB.
@@ -125,6 +130,14 @@ pub struct Config {
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
+    /// Close a connection whose request head takes longer than this to arrive (slowloris).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_timeout: Duration,
+
+    /// Close a keep-alive connection idle for this long between requests.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
     /// Serve /healthz, /readyz and /metrics on this port instead of the main one.
     #[arg(long, env = "M2_ADMIN_PORT", value_name = "PORT")]
     pub admin_port: Option<u16>,
@@ -177,6 +190,8 @@ impl Default for Config {
             max_hang: DEFAULT_MAX_DELAY,
             max_count: DEFAULT_MAX_COUNT,
             seed: None,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             admin_port: None,
             shutdown_delay: Duration::ZERO,
             no_metrics: false,
@@ -325,6 +340,13 @@ fn parse_workers(value: &str) -> Result<NonZeroUsize, String> {
     }
 }
 
+fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        duration if duration.is_zero() => Err("must be more than 0".to_owned()),
+        duration => Ok(duration),
+    }
+}
+
 fn parse_ratio(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(ratio) if ratio > 0.0 && ratio <= 1.0 => Ok(ratio),
@@ -418,6 +440,8 @@ mod tests {
             (&["--shutdown-delay", "x"][..], "--shutdown-delay"),
             (&["--admin-port", "70000"][..], "--admin-port"),
             (&["--log-format", "xml"][..], "--log-format"),
+            (&["--header-timeout", "0s"][..], "--header-timeout"),
+            (&["--idle-timeout", "soon"][..], "--idle-timeout"),
             (&["--access-log-sample", "0"][..], "--access-log-sample"),
             (&["--access-log-sample", "1.5"][..], "--access-log-sample"),
             (&["--workers", "0"][..], "--workers"),

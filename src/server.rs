@@ -18,7 +18,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::behaviour::Fault;
 use crate::body::Body;
 use crate::config::Config;
-use crate::fast::{self, Outcome, Prefixed};
+use crate::fast::{self, Outcome, Prefixed, Timeouts};
 use crate::routes::{FaultSignal, Recorded, Routes, Shared};
 
 /// Pending connections the kernel queues per listener; sized for load tests that open
@@ -218,10 +218,19 @@ fn run_worker(
     local.block_on(&runtime, async move {
         let mut http = http1::Builder::new();
         http.keep_alive(true);
+        // hyper applies this to every request head, and also while it waits for the next
+        // request on a keep-alive connection: on connections hyper serves, the idle limit is
+        // therefore the header timeout (the fast path keeps the two apart).
+        http.timer(TokioTimer::new());
+        http.header_read_timeout(config.header_timeout);
         // Copying the 3.7 KB body into hyper's buffer and writing once costs fewer
         // instructions than queueing it for writev (7,222 against 7,306 a request).
         http.writev(false);
         let worker = Worker {
+            timeouts: Timeouts {
+                header: config.header_timeout,
+                idle: config.idle_timeout,
+            },
             http2: config.http2,
             fast_path: config.fast_path_allowed(),
             routes: Rc::new(routes),
@@ -258,6 +267,7 @@ fn run_worker(
 /// What every connection of a worker shares.
 #[derive(Clone)]
 struct Worker {
+    timeouts: Timeouts,
     /// `--http2`: connections opening with the HTTP/2 preface are served as h2c.
     http2: bool,
     /// False when every request needs planning (a server-wide profile, load shedding).
@@ -299,6 +309,7 @@ impl Worker {
             };
             self.routes.metrics().connection_accepted();
             let connection = Connection {
+                timeouts: self.timeouts,
                 http2: self.http2,
                 fast_path: self.fast_path && !admin,
                 admin,
@@ -314,6 +325,7 @@ impl Worker {
 
 /// One accepted connection and what it needs from its worker.
 struct Connection {
+    timeouts: Timeouts,
     /// `--http2`: serve h2c when the client opens with the HTTP/2 preface.
     http2: bool,
     /// False when every request needs planning, and on the admin listener.
@@ -335,12 +347,9 @@ impl Connection {
                 .serve_hyper(Prefixed::new(Bytes::new(), stream), h2)
                 .await;
         }
-        let mut stop = self.stop.clone();
-        let stopping = async move {
-            // An error means the server is gone: stop as well.
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        };
-        if let Outcome::Hyper(stream) = fast::serve(stream, &self.routes, stopping).await {
+        if let Outcome::Hyper(stream) =
+            fast::serve(stream, &self.routes, self.timeouts, self.stop.clone()).await
+        {
             let h2 = self.http2 && stream.prefix().starts_with(H2_PREFACE_START);
             self.serve_hyper(stream, h2).await;
         }

@@ -3,6 +3,7 @@
 mod behaviour;
 mod cli;
 mod contract;
+mod hardening;
 mod observability;
 mod protocol;
 mod support;

@@ -1,0 +1,317 @@
+//! Hostile and slow clients: slow heads, idle connections, malformed and smuggling requests.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::support::{Client, TestServer, config, spawn};
+
+const GET: &[u8] = b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Waits until the server closes `client`, up to `limit`; returns how long that took.
+fn closed_within(client: &mut Client, limit: Duration) -> Duration {
+    let start = Instant::now();
+    client
+        .stream()
+        .set_read_timeout(Some(limit))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match client.stream().read(&mut byte) {
+        Ok(0) => start.elapsed(),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => start.elapsed(),
+        other => panic!("expected a close within {limit:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_trickled_request_head_is_cut_off_at_the_header_timeout() {
+    let server = spawn(config(&["--header-timeout", "300ms"]));
+    for first in [&b""[..], b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n"] {
+        // Without a first request the fast path holds the connection; after a 404, hyper does.
+        let mut client = server.connect();
+        if !first.is_empty() {
+            client.send(first);
+            assert_eq!(client.read_response(false).status, 404);
+        }
+        let start = Instant::now();
+        for byte in b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\nX-Slow: yes" {
+            if client.stream().write_all(&[*byte]).is_err()
+                || start.elapsed() > Duration::from_secs(2)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "still open after {elapsed:?}"
+        );
+        let mut rest = Vec::new();
+        let _ = client.stream().read_to_end(&mut rest);
+        assert!(
+            rest.is_empty() || String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+#[test]
+fn idle_keep_alive_connections_close_at_the_idle_timeout_and_busy_ones_stay() {
+    let server = spawn(config(&[
+        "--idle-timeout",
+        "400ms",
+        "--header-timeout",
+        "5s",
+    ]));
+    let mut idle = server.connect();
+    idle.send(GET);
+    assert_eq!(idle.read_response(false).status, 200);
+    let mut busy = server.connect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1200) {
+        busy.send(GET);
+        assert_eq!(
+            busy.read_response(false).status,
+            200,
+            "a busy connection stays open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let waited = closed_within(&mut idle, Duration::from_secs(2));
+    // The idle connection was closed long before the busy one finished its 1.2 s.
+    assert!(waited < Duration::from_millis(100), "{waited:?}");
+}
+
+#[test]
+fn a_thousand_slow_or_idle_connections_leave_normal_requests_fast() {
+    let server: TestServer = spawn(config(&[]));
+    let mut parked = Vec::with_capacity(1000);
+    for index in 0..1000 {
+        let mut client = server.connect();
+        if index % 2 == 0 {
+            client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\nX-Slow:");
+        }
+        parked.push(client);
+    }
+    let mut client = server.connect();
+    let mut latencies: Vec<Duration> = (0..300)
+        .map(|_| {
+            let start = Instant::now();
+            client.send(GET);
+            assert_eq!(client.read_response(false).status, 200);
+            start.elapsed()
+        })
+        .collect();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
+    drop(parked);
+}
+
+/// Sends `raw` on a fresh connection; returns the status of the first answer (`None` when the
+/// server closed or reset the connection without one) and how long until the server closed.
+fn answer(server: &TestServer, raw: &[u8]) -> (Option<u16>, Duration) {
+    let mut client = server.connect();
+    let start = Instant::now();
+    let _ = client.stream().write_all(raw);
+    let mut bytes = Vec::new();
+    let _ = client.stream().read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    (status, start.elapsed())
+}
+
+/// What a hostile request may get.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// A 4xx answer or a close without one.
+    Reject,
+    /// Answered (the body is never read), then the connection closed at once: what RFC 9112
+    /// asks of a server that sees Content-Length with Transfer-Encoding, or a body it cannot
+    /// frame, so nothing can be smuggled after it.
+    AnswerThenClose,
+    /// Valid HTTP after all (RFC 9112 lets servers accept it): an ordinary answer.
+    Valid,
+}
+
+#[test]
+fn hostile_requests_get_a_4xx_or_a_clean_close_and_the_server_carries_on() {
+    use Expect::{AnswerThenClose, Reject, Valid};
+    let server = spawn(config(&[
+        "--header-timeout",
+        "300ms",
+        "--idle-timeout",
+        "300ms",
+    ]));
+    let many_headers: String = (0..10_000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge_uri = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(1 << 20));
+    let text_cases: [(&str, Expect); 47] = [
+        ("BREW /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("G\0ET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/\0avatar HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/1.1\r\nHost: t\0\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/1.1\r\nX-Nul\0: 1\r\n\r\n", Reject),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            AnswerThenClose,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            AnswerThenClose,
+        ),
+        (
+            "POST /v1/avatar HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\n Transfer-Encoding: chunked\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n\r\n",
+            AnswerThenClose,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc\r\n0\r\n\r\n",
+            AnswerThenClose,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nHost: t\r\n folded: value\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nX-A: 1\r\n\tX-B: 2\r\n\r\n",
+            Reject,
+        ),
+        ("GET /v1/avatar HTTP/1.1\nHost: t\n\n", Valid),
+        ("GET /v1/avatar HTTP/1.1\rHost: t\r\r", Reject),
+        ("GET /v1/avatar\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/9.9\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/0.9\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/1.10\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/2.0\r\nHost: t\r\n\r\n", Reject),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Reject),
+        ("GET  /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/avatar  HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        (" GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("GET v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/av atar HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/avatar?x=\x7f HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/1.1\r\nHo st: t\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/1.1\r\n: empty-name\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/1.1\r\nX(bad): 1\r\n\r\n", Reject),
+        ("GET /v1/avatar HTTP/1.1\r\nX-Bad: a\x01b\r\n\r\n", Reject),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n",
+            AnswerThenClose,
+        ),
+        ("CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: t\r\n\r\n", Reject),
+        (
+            "GET http://evil/v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n",
+            Valid,
+        ),
+        ("\r\n\r\n\r\n\r\n", Reject),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            Valid,
+        ),
+        (
+            "GET /v1/avatar?delay=%ZZ HTTP/1.1\r\nHost: t\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar?count=99999999999 HTTP/1.1\r\nHost: t\r\n\r\n",
+            Reject,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nx-m2-behaviour: delay=1s&&&==&\r\n\r\n",
+            Reject,
+        ),
+    ];
+    let mut cases: Vec<(Vec<u8>, Expect)> = text_cases
+        .iter()
+        .map(|(raw, expect)| (raw.as_bytes().to_vec(), *expect))
+        .collect();
+    cases.push((
+        b"GET /v1/\xff\xfe\xfd HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+        Reject,
+    ));
+    cases.push((
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+        Reject,
+    )); // TLS hello
+    cases.push((
+        b"GET /v1/avatar HTTP/1.1\r\nx-m2-behaviour: \xff\xfe\r\n\r\n".to_vec(),
+        Reject,
+    ));
+    cases.push((
+        format!("GET /v1/avatar HTTP/1.1\r\n{many_headers}\r\n").into_bytes(),
+        Reject,
+    ));
+    cases.push((huge_uri.into_bytes(), Reject));
+    // A good request, then garbage: the first is answered, the garbage rejected.
+    cases.push((
+        [GET, b"garbage after a good request\r\n\r\n"].concat(),
+        Valid,
+    ));
+    assert!(cases.len() >= 50, "{} cases", cases.len());
+    for (raw, expect) in &cases {
+        let shown = String::from_utf8_lossy(&raw[..raw.len().min(70)]).into_owned();
+        let (status, closed_after) = answer(&server, raw);
+        match (expect, status) {
+            (Reject, None) => {}
+            (Reject, Some(status)) => assert!((400..500).contains(&status), "{shown:?}: {status}"),
+            (AnswerThenClose, Some(status)) => {
+                assert!(status < 500, "{shown:?}: {status}");
+                // Closed at once, well before the 300 ms idle timeout would have.
+                assert!(
+                    closed_after < Duration::from_millis(150),
+                    "{shown:?}: {closed_after:?}"
+                );
+            }
+            (Valid, Some(200)) => {}
+            (expect, status) => panic!("{shown:?}: expected {expect:?}, got {status:?}"),
+        }
+        let mut next = server.connect();
+        next.send(GET);
+        let response = next.read_response(false);
+        assert_eq!(response.status, 200, "after {shown:?}");
+        assert_eq!(response.body.len(), 3696);
+    }
+}
