@@ -138,6 +138,10 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
 
+    /// Close new connections at once above this many open [default: the open-files limit less 64].
+    #[arg(long, env = "M2_MAX_CONNECTIONS", value_name = "N", value_parser = parse_workers)]
+    pub max_connections: Option<NonZeroUsize>,
+
     /// Serve /healthz, /readyz and /metrics on this port instead of the main one.
     #[arg(long, env = "M2_ADMIN_PORT", value_name = "PORT")]
     pub admin_port: Option<u16>,
@@ -192,6 +196,7 @@ impl Default for Config {
             seed: None,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: None,
             admin_port: None,
             shutdown_delay: Duration::ZERO,
             no_metrics: false,
@@ -248,6 +253,17 @@ impl Config {
         }
     }
 
+    /// The most connections served at once: `--max-connections`, or the process's soft limit
+    /// on open files less a reserve for listeners, logs and the admin port.
+    pub fn connection_limit(&self) -> usize {
+        /// File descriptors kept free for everything that is not a client connection.
+        const RESERVE: usize = 64;
+        self.max_connections.map_or_else(
+            || open_files_limit().map_or(usize::MAX, |limit| limit.saturating_sub(RESERVE).max(1)),
+            NonZeroUsize::get,
+        )
+    }
+
     /// Whether every request can take the fast path's fixed answer: no server-wide profile
     /// and no load shedding, which both need each request counted and planned.
     pub fn fast_path_allowed(&self) -> bool {
@@ -287,6 +303,15 @@ fn env_name_of(arg: &str) -> Option<String> {
         .find(|a| a.get_long() == Some(long))
         .and_then(|a| a.get_env())
         .map(|env| env.to_string_lossy().into_owned())
+}
+
+/// The soft limit on open files, from /proc/self/limits (`None` when unlimited or unknown).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn parse_host(value: &str) -> Result<Host, String> {
@@ -498,6 +523,18 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn the_connection_limit_defaults_to_the_open_files_limit_less_a_reserve() {
+        let config = Config::default();
+        let limit = open_files_limit().expect("Linux reports its open-files limit");
+        assert_eq!(config.connection_limit(), limit - 64);
+        let config = Config {
+            max_connections: NonZeroUsize::new(7),
+            ..Config::default()
+        };
+        assert_eq!(config.connection_limit(), 7);
     }
 
     #[test]

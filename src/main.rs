@@ -1,6 +1,6 @@
 //! Entry point: flags to [`Config`], bind, print the `Listening on` line, serve until SIGINT or
 //! SIGTERM. Exit status 0 after a clean shutdown, 1 when the server cannot start, 2 for a bad
-//! setting.
+//! setting, 130 when a second signal cuts the drain short.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,6 +11,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// Exit status when a second signal cuts the drain short (128 + SIGINT, as shells report it).
+const EXIT_FORCED: i32 = 130;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -88,6 +91,15 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                     _ = terminate.recv() => {}
                     _ = interrupt.recv() => {}
                 }
+                // A second signal means "now": skip the drain and exit at once.
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                    tracing::warn!("second signal: exiting without draining");
+                    std::process::exit(EXIT_FORCED);
+                });
             })
             .await?;
         Ok(())

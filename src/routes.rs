@@ -54,6 +54,8 @@ pub struct Shared {
     inflight: Arc<AtomicUsize>,
     /// False from the moment shutdown begins: `/readyz` answers 503.
     ready: Arc<AtomicBool>,
+    /// Connections open on all workers, for `--max-connections` (touched per connection).
+    connections: Arc<AtomicUsize>,
     metrics: Registry,
 }
 
@@ -62,8 +64,24 @@ impl Shared {
         Shared {
             inflight: Arc::default(),
             ready: Arc::new(AtomicBool::new(true)),
+            connections: Arc::default(),
             metrics: Registry::new(workers.max(1)),
         }
+    }
+
+    /// Counts a new connection in, unless `limit` are open already.
+    pub fn admit_connection(&self, limit: usize) -> bool {
+        if self.connections.fetch_add(1, Ordering::Relaxed) < limit {
+            true
+        } else {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Counts a connection out.
+    pub fn connection_ended(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Shutdown has begun: readiness turns 503.
@@ -127,6 +145,11 @@ impl Routes {
     /// The avatar path.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The state all workers share.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// This worker's metrics.

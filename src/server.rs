@@ -227,6 +227,7 @@ fn run_worker(
         // instructions than queueing it for writev (7,222 against 7,306 a request).
         http.writev(false);
         let worker = Worker {
+            connection_limit: config.connection_limit(),
             timeouts: Timeouts {
                 header: config.header_timeout,
                 idle: config.idle_timeout,
@@ -267,6 +268,8 @@ fn run_worker(
 /// What every connection of a worker shares.
 #[derive(Clone)]
 struct Worker {
+    /// `--max-connections`, across all workers.
+    connection_limit: usize,
     timeouts: Timeouts,
     /// `--http2`: connections opening with the HTTP/2 preface are served as h2c.
     http2: bool,
@@ -307,6 +310,11 @@ impl Worker {
                     }
                 },
             };
+            if !self.routes.shared().admit_connection(self.connection_limit) {
+                // Over the limit: closed at once, before any work is spent on it.
+                drop(stream);
+                continue;
+            }
             self.routes.metrics().connection_accepted();
             let connection = Connection {
                 timeouts: self.timeouts,
@@ -452,6 +460,7 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.routes.metrics().connection_closed();
+        self.routes.shared().connection_ended();
     }
 }
 

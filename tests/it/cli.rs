@@ -162,3 +162,26 @@ fn sigterm_waits_for_a_delayed_request_in_flight() {
     );
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
 }
+
+#[test]
+fn a_second_signal_exits_at_once_without_draining() {
+    let mut server = ChildServer::start(&["--shutdown-timeout", "30s"]);
+    let mut client = Client::connect(server.addr);
+    client.send(b"GET /v1/avatar?delay=20s HTTP/1.1\r\nHost: test\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(150));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        server.wait_exit(Duration::ZERO),
+        None,
+        "draining the delayed request"
+    );
+    let start = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(3)), Some(130));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+}

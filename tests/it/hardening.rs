@@ -315,3 +315,155 @@ fn hostile_requests_get_a_4xx_or_a_clean_close_and_the_server_carries_on() {
         assert_eq!(response.body.len(), 3696);
     }
 }
+
+#[test]
+fn shutdown_under_load_finishes_every_request_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = crate::support::ChildServer::start(&[
+        "--shutdown-delay",
+        "300ms",
+        "--shutdown-timeout",
+        "5s",
+    ]);
+    let addr = server.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let (delayed, ready_during_delay, hammered) = runtime.block_on(async {
+        let mut delayed = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            delayed.spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await?;
+                stream
+                    .write_all(
+                        b"GET /v1/avatar?delay=1s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    )
+                    .await?;
+                let mut response = Vec::new();
+                stream.read_to_end(&mut response).await?;
+                Ok::<_, std::io::Error>(response)
+            });
+        }
+        // A hundred more connections keep plain requests coming until the server closes them.
+        let mut hammer = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            hammer.spawn(async move {
+                let mut answered = 0u32;
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                    return answered;
+                };
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    if stream.write_all(GET).await.is_err() {
+                        return answered;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => answered += 1,
+                        _ => return answered,
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.signal("TERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut probe = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("still accepting");
+        probe
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut ready = Vec::new();
+        probe.read_to_end(&mut ready).await.expect("read");
+        let mut results = Vec::new();
+        while let Some(done) = delayed.join_next().await {
+            results.push(done.expect("task").expect("a delayed request"));
+        }
+        let mut hammered = 0;
+        while let Some(done) = hammer.join_next().await {
+            hammered += done.expect("task");
+        }
+        (results, ready, hammered)
+    });
+    assert!(
+        ready_during_delay.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&ready_during_delay)
+    );
+    assert_eq!(delayed.len(), 100);
+    for response in &delayed {
+        assert!(
+            response.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "{}",
+            String::from_utf8_lossy(response)
+        );
+    }
+    assert!(hammered > 100, "{hammered} plain requests answered");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_at_once_and_room_comes_back() {
+    let server = spawn(config(&["--max-connections", "5", "--workers", "1"]));
+    let mut open: Vec<Client> = (0..5)
+        .map(|_| {
+            let mut client = server.connect();
+            client.send(GET);
+            assert_eq!(client.read_response(false).status, 200);
+            client
+        })
+        .collect();
+    let mut extra = server.connect();
+    let waited = closed_within(&mut extra, Duration::from_secs(2));
+    assert!(waited < Duration::from_millis(200), "{waited:?}");
+    open.pop();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut again = server.connect();
+    again.send(GET);
+    assert_eq!(again.read_response(false).status, 200);
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loop_backs_off_quietly_and_recovers() {
+    // The limit is set above the fd limit so that accept itself runs out of descriptors.
+    let mut server = crate::support::ChildServer::start_with_open_files_limit(
+        256,
+        &["--max-connections", "100000"],
+    );
+    let clients: Vec<std::net::TcpStream> = (0..600)
+        .filter_map(|_| std::net::TcpStream::connect(server.addr).ok())
+        .collect();
+    assert!(clients.len() > 300, "{} connections made", clients.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu_before = server.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = server.cpu_seconds() - cpu_before;
+    assert!(
+        cpu < 0.3,
+        "{cpu} CPU seconds in 2 s while out of descriptors"
+    );
+    drop(clients);
+    let start = Instant::now();
+    loop {
+        let mut client = Client::connect(server.addr);
+        client.send(GET);
+        if let Some(response) = client.try_read_response(false) {
+            assert_eq!(response.status, 200);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "serving again once fds free up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+    let logs = server.logs();
+    let warnings = logs.lines().filter(|l| l.contains("accept failed")).count();
+    // At most one a second while it lasted (about 2.5 s here), never one per attempt.
+    assert!((1..=4).contains(&warnings), "{warnings} warnings:\n{logs}");
+}

@@ -254,7 +254,25 @@ impl ChildServer {
     fn start_with(extra: &[&str], stderr: Stdio) -> ChildServer {
         let mut args = vec!["--host", "127.0.0.1", "--port", "0", "--workers", "1"];
         args.extend_from_slice(extra);
-        let mut child = binary(&args)
+        ChildServer::start_command(binary(&args), stderr)
+    }
+
+    /// Runs the binary under `ulimit -n files` (through bash), with stderr piped.
+    pub fn start_with_open_files_limit(files: u32, extra: &[&str]) -> ChildServer {
+        let mut script = format!(
+            "ulimit -n {files} && exec '{}' --host 127.0.0.1 --port 0 --workers 1",
+            env!("CARGO_BIN_EXE_microservice2")
+        );
+        for arg in extra {
+            script.push_str(&format!(" '{arg}'"));
+        }
+        let mut command = Command::new("bash");
+        command.arg("-c").arg(script);
+        ChildServer::start_command(command, Stdio::piped())
+    }
+
+    fn start_command(mut command: Command, stderr: Stdio) -> ChildServer {
+        let mut child = command
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -275,6 +293,21 @@ impl ChildServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         }
+    }
+
+    /// utime + stime of the process so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the process is running");
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("stat has a command name")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+        ticks / 100.0
     }
 
     pub fn signal(&self, name: &str) {
