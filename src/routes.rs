@@ -265,6 +265,10 @@ impl Routes {
         route: Route,
         faults: &Rc<FaultSignal>,
     ) -> Reply {
+        #[cfg(feature = "test-panic-route")]
+        if request.uri().path() == "/__panic" {
+            panic!("test-panic-route: a request handler panicking on purpose");
+        }
         if route == Route::NotFound {
             return Reply::now(plain(StatusCode::NOT_FOUND, TEXT, NOT_FOUND_BODY));
         }

@@ -507,3 +507,21 @@ fn a_get_body_is_drained_only_when_small() {
         String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
     );
 }
+
+#[test]
+fn a_panicking_handler_ends_only_its_own_connection() {
+    let server = spawn(config(&["--workers", "1"]));
+    let mut bystander = server.connect();
+    bystander.send(GET);
+    assert_eq!(bystander.read_response(false).status, 200);
+    let mut victim = server.connect();
+    victim.send(b"GET /__panic HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        victim.is_closed(),
+        "the panicking request's connection is closed"
+    );
+    // The other connection on the same worker, and new ones, carry on.
+    bystander.send(GET);
+    assert_eq!(bystander.read_response(false).status, 200);
+    assert_eq!(server.get("/v1/avatar").status, 200);
+}
