@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -96,6 +97,24 @@ def open_fds(pids: list[int]) -> int:
         except OSError:
             pass
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+
+def ensure_release_build_and(tools: dict[str, str]) -> None:
+    """Installs the Debian packages providing missing `tools` (command -> package) and builds
+    the release binary; bench/run does the same in shell for its own runs."""
+    missing = [package for command, package in tools.items() if not shutil.which(command)]
+    if missing:
+        print(f"bench: installing {' '.join(missing)}", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing], check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
 
 
 # ---------------------------------------------------------------------------------------------

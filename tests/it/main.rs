@@ -3,6 +3,7 @@
 mod behaviour;
 mod cli;
 mod contract;
+mod fuzz;
 mod hardening;
 mod observability;
 mod protocol;
