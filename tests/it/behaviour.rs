@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::{TestServer, config, spawn};
 
+const DELAYED_1S: &[u8] =
+    b"GET /v1/avatar?delay=1s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
 fn server(args: &[&str]) -> TestServer {
     spawn(config(args))
 }
@@ -311,26 +314,12 @@ fn bad_controls_get_400_naming_the_parameter() {
 fn two_thousand_delayed_requests_wait_concurrently() {
     let server = server(&[]);
     let addr = server.addr;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let runtime = crate::support::client_runtime();
     let elapsed = runtime.block_on(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..2000 {
-            tasks.spawn(async move {
-                let mut stream = tokio::net::TcpStream::connect(addr).await?;
-                stream
-                    .write_all(
-                        b"GET /v1/avatar?delay=1s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                    )
-                    .await?;
-                let mut response = Vec::new();
-                stream.read_to_end(&mut response).await?;
-                Ok::<_, std::io::Error>(response)
-            });
+            tasks.spawn(crate::support::exchange(addr, DELAYED_1S));
         }
         while let Some(joined) = tasks.join_next().await {
             let response = joined.expect("task").expect("request");

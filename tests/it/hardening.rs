@@ -326,24 +326,14 @@ fn shutdown_under_load_finishes_every_request_in_flight() {
         "5s",
     ]);
     let addr = server.addr;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let runtime = crate::support::client_runtime();
     let (delayed, ready_during_delay, hammered) = runtime.block_on(async {
         let mut delayed = tokio::task::JoinSet::new();
         for _ in 0..100 {
-            delayed.spawn(async move {
-                let mut stream = tokio::net::TcpStream::connect(addr).await?;
-                stream
-                    .write_all(
-                        b"GET /v1/avatar?delay=1s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                    )
-                    .await?;
-                let mut response = Vec::new();
-                stream.read_to_end(&mut response).await?;
-                Ok::<_, std::io::Error>(response)
-            });
+            delayed.spawn(crate::support::exchange(
+                addr,
+                b"GET /v1/avatar?delay=1s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            ));
         }
         // A hundred more connections keep plain requests coming until the server closes them.
         let mut hammer = tokio::task::JoinSet::new();
@@ -369,15 +359,12 @@ fn shutdown_under_load_finishes_every_request_in_flight() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.signal("TERM");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut probe = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("still accepting");
-        probe
-            .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut ready = Vec::new();
-        probe.read_to_end(&mut ready).await.expect("read");
+        let ready = crate::support::exchange(
+            addr,
+            b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("still accepting during the shutdown delay");
         let mut results = Vec::new();
         while let Some(done) = delayed.join_next().await {
             results.push(done.expect("task").expect("a delayed request"));

@@ -212,11 +212,7 @@ fn h2_get(
     path: &str,
 ) -> Result<(u16, hyper::Version, Vec<u8>), String> {
     use http_body_util::{BodyExt, Empty};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
-    runtime.block_on(async move {
+    crate::support::client_runtime().block_on(async move {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;

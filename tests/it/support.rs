@@ -420,3 +420,22 @@ pub fn parse_imf(text: &str) -> i128 {
         days * 86_400 + num(&text[17..19]) * 3600 + num(&text[20..22]) * 60 + num(&text[23..25]);
     secs as i128 * 1_000_000_000
 }
+
+/// A runtime for tests that drive many connections at once from async clients.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime")
+}
+
+/// Sends `request` (which should ask for `Connection: close`) on a new connection and reads
+/// until the server closes it.
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(response)
+}
