@@ -26,6 +26,12 @@ pub struct TestServer {
 /// Starts the real server in-process on 127.0.0.1, port 0, with two workers unless the
 /// configuration says otherwise.
 pub fn spawn(config: Config) -> TestServer {
+    // Some tests hold thousands of connections, both ends in this process: lift the soft
+    // open-files limit to the hard one where a machine starts lower.
+    static RAISE_FD_LIMIT: std::sync::Once = std::sync::Once::new();
+    RAISE_FD_LIMIT.call_once(|| {
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
+    });
     let config = Config {
         host: microservice2::config::Host {
             name: "127.0.0.1".into(),
