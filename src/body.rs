@@ -47,10 +47,6 @@ impl Body {
         Body::Whole(Some(bytes))
     }
 
-    pub fn from_static(bytes: &'static [u8]) -> Body {
-        Body::whole(Bytes::from_static(bytes))
-    }
-
     /// `bytes` sent evenly so the last byte leaves `over` after the first.
     pub fn paced(bytes: Bytes, over: Duration) -> Body {
         Body::Paced(Paced::new(bytes, over))

@@ -87,12 +87,12 @@ pub fn classify(buf: &[u8], path: &str) -> Head {
 pub enum Outcome {
     /// The peer closed, an I/O error ended it, or shutdown closed it between requests.
     Closed,
-    /// Hyper must take over: the stream, with `read` holding bytes it has not seen yet.
+    /// Hyper must take over: the stream, with the bytes read ahead of it in front.
     Hyper(Prefixed),
 }
 
-/// Serves fast-path requests on `stream` until the connection ends or needs hyper;
-/// `stopping` resolves when shutdown begins.
+/// Serves fast-path requests on `stream` until the connection ends or needs hyper; `stop`
+/// turns true when shutdown begins.
 pub async fn serve(
     mut stream: TcpStream,
     routes: &Routes,

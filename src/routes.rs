@@ -17,7 +17,7 @@ use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTE
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::sync::Notify;
 
-use crate::avatar::{self, AvatarCache, Snapshot};
+use crate::avatar::{self, AvatarCache};
 use crate::behaviour::parse::Unknown;
 use crate::behaviour::{BehaviourError, Controls, Fault, Limits, Plan, Rng};
 use crate::body::Body;
@@ -234,28 +234,23 @@ impl Routes {
         }
     }
 
-    /// Runs `f` on the current millisecond's avatar response.
-    fn with_avatars<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
-        f(self.avatars.borrow_mut().at(time::now()))
-    }
-
     /// The avatar response at `now` (since the epoch) as wire bytes: the whole of it, or only
     /// the status line and headers for HEAD. Shares the cached buffer: no copy.
     pub fn avatar_bytes(&self, head_only: bool, now: Duration) -> Bytes {
         let mut avatars = self.avatars.borrow_mut();
         let snapshot = avatars.at(now);
-        {
-            if head_only {
-                snapshot.head()
-            } else {
-                snapshot.wire.clone()
-            }
+        if head_only {
+            snapshot.head()
+        } else {
+            snapshot.wire.clone()
         }
     }
 
     /// The current avatar body and headers (without content-length).
     fn avatar_parts(&self) -> (Bytes, HeaderMap) {
-        self.with_avatars(|snapshot| (snapshot.body.clone(), snapshot.headers.clone()))
+        let mut avatars = self.avatars.borrow_mut();
+        let snapshot = avatars.at(time::now());
+        (snapshot.body.clone(), snapshot.headers.clone())
     }
 
     /// Answers one request on `route`; `faults` reaches the connection for socket faults.
@@ -290,19 +285,15 @@ impl Routes {
                 return Reply::now(plain(StatusCode::SERVICE_UNAVAILABLE, JSON, DRAINING_BODY));
             }
             Route::Metrics => {
-                let text = self
-                    .shared
-                    .metrics
-                    .render(self.shared.inflight.load(Ordering::Relaxed));
-                let mut response = Response::new(Body::whole(Bytes::from(text)));
-                response.headers_mut().insert(CONTENT_TYPE, PROMETHEUS);
-                return Reply::now(response);
+                let inflight = self.shared.inflight.load(Ordering::Relaxed);
+                let text = self.shared.metrics.render(inflight);
+                return Reply::now(plain(StatusCode::OK, PROMETHEUS, text));
             }
             Route::Avatar | Route::NotFound => {}
         }
         let controls = match self.controls(request) {
             Ok(controls) => controls,
-            Err(err) => return Reply::now(bad_request(&err)),
+            Err(err) => return Reply::now(plain(StatusCode::BAD_REQUEST, JSON, err.to_json())),
         };
         let guard = match self.admit(&controls) {
             Admission::Admitted(guard) => guard,
@@ -560,16 +551,10 @@ fn with_headers(body: Body, headers: HeaderMap) -> Response<Body> {
     response
 }
 
-fn plain(status: StatusCode, content_type: HeaderValue, body: &'static [u8]) -> Response<Body> {
-    let mut response = Response::new(Body::from_static(body));
+/// A whole-body response with only a content type (hyper adds `date` and `content-length`).
+fn plain(status: StatusCode, content_type: HeaderValue, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::whole(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, content_type);
-    response
-}
-
-fn bad_request(err: &BehaviourError) -> Response<Body> {
-    let mut response = Response::new(Body::whole(Bytes::from(err.to_json())));
-    *response.status_mut() = StatusCode::BAD_REQUEST;
-    response.headers_mut().insert(CONTENT_TYPE, JSON);
     response
 }
