@@ -350,7 +350,18 @@ struct Connection {
 impl Connection {
     async fn serve(self, stream: TcpStream) {
         if !self.fast_path {
-            let h2 = self.http2 && opens_with_preface(&stream).await;
+            let h2 = if self.http2 {
+                // Waiting for the first bytes is waiting on an idle connection: it ends at the
+                // idle timeout or when shutdown begins, as it would on the fast path.
+                let mut stop = self.stop.clone();
+                tokio::select! {
+                    h2 = opens_with_preface(&stream) => h2,
+                    () = tokio::time::sleep(self.timeouts.idle) => return,
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                }
+            } else {
+                false
+            };
             return self
                 .serve_hyper(Prefixed::new(Bytes::new(), stream), h2)
                 .await;

@@ -268,3 +268,32 @@ fn http2_is_refused_without_the_flag() {
     assert!(h2_get(server.addr, "/v1/avatar").is_err());
     assert_eq!(server.get("/v1/avatar").status, 200);
 }
+
+#[test]
+fn with_http2_and_no_fast_path_a_silent_connection_still_drains_and_times_out() {
+    // --max-inflight turns the fast path off, so --http2 reads ahead for the preface.
+    let server = crate::support::spawn(crate::support::config(&[
+        "--http2",
+        "--max-inflight",
+        "100",
+        "--idle-timeout",
+        "300ms",
+    ]));
+    let mut silent = server.connect();
+    let start = std::time::Instant::now();
+    assert!(silent.is_closed(), "closed by the idle timeout");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let _parked = server.connect();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let start = std::time::Instant::now();
+    server.stop();
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "shutdown waited {:?} for a connection that never spoke",
+        start.elapsed()
+    );
+}
