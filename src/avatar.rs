@@ -20,7 +20,7 @@ pub const CREATED_AT_OFFSET: usize = 17;
 
 /// The seed's `engine` header, kept for callers that assert on it.
 pub const ENGINE: HeaderName = HeaderName::from_static("engine");
-const ENGINE_VALUE: HeaderValue = HeaderValue::from_static("Rust/Hype");
+pub const ENGINE_VALUE: HeaderValue = HeaderValue::from_static("Rust/Hype");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The `200` response for one millisecond, in two shapes that share one buffer: the exact bytes

@@ -7,7 +7,8 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{Args, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use hyper::Uri;
 
 use crate::behaviour::parse::Unknown;
 use crate::behaviour::{Controls, Limits};
@@ -75,7 +76,8 @@ impl Host {
 #[command(
     name = "microservice2",
     version,
-    about = "Answers GET /v1/avatar with the benchmark suite's fixed JSON list of avatars"
+    about = "Answers GET /v1/avatar with the benchmark suite's fixed JSON list of avatars",
+    after_help = "Gateway mode (the suite's microservice 1): microservice2 gateway --help"
 )]
 pub struct Config {
     /// Address to listen on: an IP address or a name that resolves locally.
@@ -173,6 +175,10 @@ pub struct Config {
     /// The parsed `--behaviour` profile (filled in by [`Config::from_args`]).
     #[arg(skip)]
     pub profile: Controls,
+
+    /// Gateway mode's settings: set when the first argument is `gateway`.
+    #[arg(skip)]
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl Default for Config {
@@ -205,6 +211,7 @@ impl Default for Config {
             access_log: false,
             access_log_sample: 1.0,
             profile: Controls::default(),
+            gateway: None,
         }
     }
 }
@@ -221,26 +228,56 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Parses flags (the first item is the program name) with environment fallbacks.
+    /// Parses flags (the first item is the program name) with environment fallbacks. When
+    /// the first argument is `gateway`, parses gateway mode's flags instead.
     pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let mut config = Config::try_parse_from(args).map_err(|err| match err.kind() {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let gateway = args.get(1).is_some_and(|arg| arg == "gateway");
+        let mut command = if gateway {
+            args.remove(1);
+            gateway_command()
+        } else {
+            Config::command()
+        };
+        let invalid = |err: clap::Error, command: &Command| match err.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                 ConfigError::Info(err.render().to_string())
             }
-            _ => ConfigError::Invalid(one_line(&err)),
-        })?;
+            _ => ConfigError::Invalid(one_line(&err, command)),
+        };
+        let matches = command
+            .try_get_matches_from_mut(args)
+            .map_err(|err| invalid(err, &command))?;
+        let mut config =
+            Config::from_arg_matches(&matches).map_err(|err| invalid(err, &command))?;
+        let env = if gateway {
+            "M1_BEHAVIOUR"
+        } else {
+            "M2_BEHAVIOUR"
+        };
         if let Some(text) = &config.behaviour {
-            config.profile = Controls::parse(text, &config.limits(), Unknown::Reject).map_err(
-                |err| {
+            config.profile = Controls::parse(text, &config.limits(), Unknown::Reject)
+                .and_then(|profile| match profile.count {
+                    Some(_) if gateway => Err(crate::behaviour::BehaviourError::new(
+                        "count",
+                        "no count: the gateway passes the upstream's body on",
+                    )),
+                    _ => Ok(profile),
+                })
+                .map_err(|err| {
                     ConfigError::Invalid(format!(
-                        "invalid value '{text}' for '--behaviour <CONTROLS>': {err} (flag or env M2_BEHAVIOUR)"
+                        "invalid value '{text}' for '--behaviour <CONTROLS>': {err} (flag or env {env})"
                     ))
-                },
-            )?;
+                })?;
+        }
+        if gateway {
+            let args =
+                GatewayArgs::from_arg_matches(&matches).map_err(|err| invalid(err, &command))?;
+            config.gateway = Some(args.into_config().map_err(ConfigError::Invalid)?);
         }
         Ok(config)
     }
@@ -267,7 +304,7 @@ impl Config {
     /// Whether every request can take the fast path's fixed answer: no server-wide profile
     /// and no load shedding, which both need each request counted and planned.
     pub fn fast_path_allowed(&self) -> bool {
-        self.profile.is_empty() && self.max_inflight.is_none()
+        self.profile.is_empty() && self.max_inflight.is_none() && self.gateway.is_none()
     }
 
     /// The number of workers to run: the configured count, or the CPUs this process may use
@@ -279,14 +316,178 @@ impl Config {
     }
 }
 
+/// Gateway mode's defaults: the suite's microservice 1 listens on 8080 and serves `/v1/user`.
+pub const GATEWAY_PORT: &str = "8080";
+pub const GATEWAY_PATH: &str = "/v1/user";
+/// The suite's callers give up on microservice 2 after a second.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// In gateway mode the `M2_*` variables describe the upstream, so the gateway's own settings
+/// read `M1_*` ones: (argument, variable).
+const GATEWAY_ENV: [(&str, &str); 10] = [
+    ("host", "M1_DOMAIN"),
+    ("port", "M1_PORT"),
+    ("path", "M1_PATH"),
+    ("workers", "M1_WORKERS"),
+    ("date_header", "M1_DATE_HEADER"),
+    ("behaviour", "M1_BEHAVIOUR"),
+    ("max_connections", "M1_MAX_CONNECTIONS"),
+    ("admin_port", "M1_ADMIN_PORT"),
+    ("http2", "M1_HTTP2"),
+    ("log_format", "M1_LOG_FORMAT"),
+];
+
+/// `microservice2 gateway`: the serve mode's flags with the gateway's defaults and `M1_*`
+/// variables, plus the upstream and failure-policy flags.
+fn gateway_command() -> Command {
+    let command = Config::command()
+        .bin_name("microservice2 gateway")
+        .after_help(None::<&str>)
+        .mut_arg("port", |arg| arg.default_value(GATEWAY_PORT))
+        .mut_arg("path", |arg| {
+            arg.default_value(GATEWAY_PATH)
+                .help("Path that calls the upstream and answers with what it said")
+        })
+        .mut_arg("behaviour", |arg| {
+            arg.help("Behaviour of the gateway itself, acted out before the upstream call")
+        });
+    let command = GATEWAY_ENV.iter().fold(command, |command, &(id, env)| {
+        command.mut_arg(id, |arg| arg.env(env))
+    });
+    // The about text goes in last: `augment_args` would put the struct's doc comment there.
+    GatewayArgs::augment_args(command).about(
+        "Gateway mode (the suite's microservice 1): answers GET /v1/user by calling the upstream",
+    )
+}
+
+/// Gateway mode's own flags, as parsed.
+#[derive(Debug, Clone, PartialEq, Args)]
+struct GatewayArgs {
+    /// Upstream URL to call; repeat (or separate with commas) to fan out to several.
+    #[arg(long = "upstream", env = "M2_URL", value_name = "URL", value_delimiter = ',', value_parser = parse_upstream)]
+    upstreams: Vec<Upstream>,
+
+    /// Upstream scheme and host, used when no --upstream is given.
+    #[arg(
+        long,
+        env = "M2_DOMAIN",
+        value_name = "URL",
+        default_value = "http://127.0.0.1"
+    )]
+    upstream_domain: String,
+
+    /// Upstream port, used when no --upstream is given.
+    #[arg(long, env = "M2_PORT", value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    upstream_port: u16,
+
+    /// Upstream path, used when no --upstream is given.
+    #[arg(long, env = "M2_PATH", value_name = "PATH", default_value = DEFAULT_PATH)]
+    upstream_path: String,
+
+    /// Give up on the upstream after this long, retries included, and answer 504.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    timeout: Duration,
+
+    /// Retry connect errors and 502/503/504 answers this many times.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: u32,
+
+    /// First pause between retries; it doubles each time, with jitter.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
+    retry_backoff: Duration,
+
+    /// Idle keep-alive connections each worker keeps per upstream host.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pool_max_idle: usize,
+
+    /// Pass the caller's x-m2-behaviour header and behaviour query parameters to the upstream.
+    #[arg(long)]
+    forward_behaviour: bool,
+}
+
+impl GatewayArgs {
+    fn into_config(self) -> Result<GatewayConfig, String> {
+        let upstreams = if self.upstreams.is_empty() {
+            let domain = self.upstream_domain.trim_end_matches('/');
+            let domain = if domain.contains("://") {
+                domain.to_owned()
+            } else {
+                format!("http://{domain}")
+            };
+            let url = format!("{domain}:{}{}", self.upstream_port, self.upstream_path);
+            let upstream = parse_upstream(&url).map_err(|err| {
+                format!(
+                    "invalid upstream '{url}' built from M2_DOMAIN, M2_PORT and M2_PATH: {err} (or give --upstream URL)"
+                )
+            })?;
+            vec![upstream]
+        } else {
+            self.upstreams
+        };
+        Ok(GatewayConfig {
+            upstreams,
+            timeout: self.timeout,
+            retries: self.retries,
+            retry_backoff: self.retry_backoff,
+            pool_max_idle: self.pool_max_idle,
+            forward_behaviour: self.forward_behaviour,
+        })
+    }
+}
+
+/// Gateway mode: whom to call and how to fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// One: its answer passes through. Several: called at once, answers gathered.
+    pub upstreams: Vec<Upstream>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub pool_max_idle: usize,
+    pub forward_behaviour: bool,
+}
+
+/// One upstream: the URL as given and as parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub url: String,
+    pub uri: Uri,
+}
+
+fn parse_upstream(value: &str) -> Result<Upstream, String> {
+    let uri: Uri = value.parse().map_err(|err| {
+        format!("not a URL ({err}); expected e.g. http://127.0.0.1:3000/v1/avatar")
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "only http:// upstreams are supported, not {other}://"
+            ));
+        }
+        None => {
+            return Err(
+                "expected an absolute URL such as http://127.0.0.1:3000/v1/avatar".to_owned(),
+            );
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("the URL names no host".to_owned());
+    }
+    Ok(Upstream {
+        url: value.to_owned(),
+        uri,
+    })
+}
+
 /// Reduces a clap error to one line, adding the environment variable behind the flag when
 /// it has one, so `M2_PORT=abc` is named as such.
-fn one_line(err: &clap::Error) -> String {
+fn one_line(err: &clap::Error, command: &Command) -> String {
     let rendered = err.render().to_string();
     let first = rendered.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
     let env = match err.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => env_name_of(arg),
+        Some(ContextValue::String(arg)) => env_name_of(arg, command),
         _ => None,
     };
     match env {
@@ -296,9 +497,9 @@ fn one_line(err: &clap::Error) -> String {
 }
 
 /// The environment variable of the argument clap renders as `arg` (`--port <PORT>`).
-fn env_name_of(arg: &str) -> Option<String> {
+fn env_name_of(arg: &str, command: &Command) -> Option<String> {
     let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
-    Config::command()
+    command
         .get_arguments()
         .find(|a| a.get_long() == Some(long))
         .and_then(|a| a.get_env())
@@ -535,6 +736,129 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.connection_limit(), 7);
+    }
+
+    #[test]
+    fn gateway_mode_has_the_suites_defaults() {
+        if std::env::vars().any(|(k, _)| k.starts_with("M1_") || k.starts_with("M2_")) {
+            return;
+        }
+        let config = parse(&["gateway"]).expect("defaults parse");
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.path, "/v1/user");
+        assert!(!config.fast_path_allowed());
+        let gateway = config.gateway.expect("gateway mode");
+        assert_eq!(gateway.upstreams.len(), 1);
+        assert_eq!(gateway.upstreams[0].url, "http://127.0.0.1:3000/v1/avatar");
+        assert_eq!(gateway.timeout, Duration::from_secs(1));
+        assert_eq!(gateway.retries, 0);
+        assert_eq!(gateway.retry_backoff, Duration::from_millis(10));
+        assert!(!gateway.forward_behaviour);
+        assert!(parse(&[]).expect("serve mode").gateway.is_none());
+    }
+
+    #[test]
+    fn gateway_upstreams_come_from_flags_or_the_suites_parts() {
+        let config = parse(&[
+            "gateway",
+            "--upstream",
+            "http://a:1/x,http://b:2/y",
+            "--upstream",
+            "http://[::1]:3/z?count=2",
+        ])
+        .expect("valid upstreams");
+        let urls: Vec<String> = config
+            .gateway
+            .expect("gateway mode")
+            .upstreams
+            .into_iter()
+            .map(|u| u.url)
+            .collect();
+        assert_eq!(
+            urls,
+            ["http://a:1/x", "http://b:2/y", "http://[::1]:3/z?count=2"]
+        );
+        let config = parse(&[
+            "gateway",
+            "--upstream-domain",
+            "m2",
+            "--upstream-port",
+            "4000",
+            "--upstream-path",
+            "/avatars",
+        ])
+        .expect("valid parts");
+        let upstream = &config.gateway.expect("gateway mode").upstreams[0];
+        assert_eq!(upstream.url, "http://m2:4000/avatars");
+        assert_eq!(upstream.uri.host(), Some("m2"));
+    }
+
+    #[test]
+    fn gateway_settings_are_named_with_their_m1_or_m2_variables() {
+        for (args, needles) in [
+            (&["gateway", "--port", "x"][..], &["--port", "M1_PORT"][..]),
+            (&["gateway", "--path", "v1"][..], &["--path", "M1_PATH"][..]),
+            (&["gateway", "--upstream-port", "x"][..], &["M2_PORT"][..]),
+            (
+                &["gateway", "--upstream", "https://a/"][..],
+                &["--upstream", "https"][..],
+            ),
+            (
+                &["gateway", "--upstream", "/v1/avatar"][..],
+                &["--upstream", "absolute"][..],
+            ),
+            (
+                &["gateway", "--upstream", "http://a b/"][..],
+                &["--upstream"][..],
+            ),
+            (
+                &["gateway", "--upstream-domain", "http://a:1"][..],
+                &["M2_DOMAIN"][..],
+            ),
+            (&["gateway", "--timeout", "0s"][..], &["--timeout"][..]),
+            (&["gateway", "--retries", "101"][..], &["--retries"][..]),
+            (
+                &["gateway", "--retry-backoff", "x"][..],
+                &["--retry-backoff"][..],
+            ),
+            (
+                &["gateway", "--pool-max-idle", "x"][..],
+                &["--pool-max-idle"][..],
+            ),
+            (
+                &["gateway", "--behaviour", "count=3"][..],
+                &["count", "M1_BEHAVIOUR"][..],
+            ),
+            (&["--upstream", "http://a/"][..], &["--upstream"][..]),
+        ] {
+            let message = invalid(args);
+            for needle in needles {
+                assert!(message.contains(needle), "{args:?}: {message}");
+            }
+            assert!(!message.contains('\n'), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn gateway_help_lists_the_upstream_flags() {
+        match parse(&["gateway", "--help"]) {
+            Err(ConfigError::Info(text)) => {
+                for flag in [
+                    "--upstream",
+                    "--timeout",
+                    "--retries",
+                    "--forward-behaviour",
+                    "M1_PORT",
+                ] {
+                    assert!(text.contains(flag), "{flag} missing from:\n{text}");
+                }
+            }
+            other => panic!("expected help, got {other:?}"),
+        }
+        match parse(&["--help"]) {
+            Err(ConfigError::Info(text)) => assert!(text.contains("gateway --help")),
+            other => panic!("expected help, got {other:?}"),
+        }
     }
 
     #[test]

@@ -71,9 +71,20 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let summary = format!("{config:?}");
         let behaviour = config.behaviour.clone().unwrap_or_default();
+        let mode = if config.gateway.is_some() {
+            "gateway"
+        } else {
+            "serve"
+        };
+        let upstreams = config.gateway.as_ref().map_or_else(String::new, |gateway| {
+            let urls: Vec<&str> = gateway.upstreams.iter().map(|u| u.url.as_str()).collect();
+            urls.join(",")
+        });
         let server = Server::bind(config)?;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
+            mode,
+            upstreams = %upstreams,
             address = %server.local_addr(),
             admin = ?server.admin_addr(),
             workers = server.workers(),

@@ -17,15 +17,18 @@ pub enum Route {
     Readyz,
     Metrics,
     NotFound,
+    /// Gateway mode's path.
+    Gateway,
 }
 
 impl Route {
-    const ALL: [Route; 5] = [
+    const ALL: [Route; 6] = [
         Route::Avatar,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::NotFound,
+        Route::Gateway,
     ];
 
     fn label(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Route {
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
             Route::NotFound => "not_found",
+            Route::Gateway => "gateway",
         }
     }
 }
@@ -66,6 +70,94 @@ impl MethodLabel {
         }
     }
 }
+
+/// How one call to an upstream (one attempt) ended, for the gateway's histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// An answer, by status class.
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    /// No answer: the error kinds of [`UpstreamError`] that end an attempt.
+    Connect,
+    Timeout,
+    Closed,
+    Malformed,
+}
+
+impl UpstreamOutcome {
+    const ALL: [UpstreamOutcome; 8] = [
+        UpstreamOutcome::Status2xx,
+        UpstreamOutcome::Status3xx,
+        UpstreamOutcome::Status4xx,
+        UpstreamOutcome::Status5xx,
+        UpstreamOutcome::Connect,
+        UpstreamOutcome::Timeout,
+        UpstreamOutcome::Closed,
+        UpstreamOutcome::Malformed,
+    ];
+
+    /// The outcome of an answer with `status`.
+    pub fn of_status(status: u16) -> UpstreamOutcome {
+        match status {
+            0..300 => UpstreamOutcome::Status2xx,
+            300..400 => UpstreamOutcome::Status3xx,
+            400..500 => UpstreamOutcome::Status4xx,
+            _ => UpstreamOutcome::Status5xx,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamOutcome::Status2xx => "2xx",
+            UpstreamOutcome::Status3xx => "3xx",
+            UpstreamOutcome::Status4xx => "4xx",
+            UpstreamOutcome::Status5xx => "5xx",
+            UpstreamOutcome::Connect => "connect",
+            UpstreamOutcome::Timeout => "timeout",
+            UpstreamOutcome::Closed => "closed",
+            UpstreamOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// Why a call to an upstream did not give the gateway a usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No connection: refused, unreachable, name not resolved.
+    Connect,
+    /// No whole answer within `--timeout`.
+    Timeout,
+    /// The connection was closed or reset before a whole answer.
+    Closed,
+    /// The answer was not valid HTTP/1.1.
+    Malformed,
+    /// The upstream answered 502, 503 or 504 (the statuses that are retried).
+    Unavailable,
+}
+
+impl UpstreamError {
+    const ALL: [UpstreamError; 5] = [
+        UpstreamError::Connect,
+        UpstreamError::Timeout,
+        UpstreamError::Closed,
+        UpstreamError::Malformed,
+        UpstreamError::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Closed => "closed",
+            UpstreamError::Malformed => "malformed",
+            UpstreamError::Unavailable => "unavailable",
+        }
+    }
+}
+
+const OUTCOMES: usize = UpstreamOutcome::ALL.len();
 
 /// Upper bounds of the duration histogram's buckets, in seconds: 50 µs to 60 s.
 pub const BUCKETS: [f64; 19] = [
@@ -131,12 +223,21 @@ pub struct WorkerMetrics {
     accepted: AtomicU64,
     closed: AtomicU64,
     faults: [AtomicU64; 4],
+    /// Gateway mode: [upstream][outcome][bucket], the last bucket being +Inf.
+    upstream_buckets: Vec<AtomicU64>,
+    /// [upstream][outcome]: total nanoseconds.
+    upstream_sum: Vec<AtomicU64>,
+    upstream_errors: [AtomicU64; UpstreamError::ALL.len()],
 }
 
-impl Default for WorkerMetrics {
-    fn default() -> Self {
+impl WorkerMetrics {
+    /// Metrics for a worker calling `upstreams` upstreams (0 in serve mode).
+    fn new(upstreams: usize) -> Self {
         let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
         WorkerMetrics {
+            upstream_buckets: zeros(upstreams * OUTCOMES * (BUCKETS.len() + 1)),
+            upstream_sum: zeros(upstreams * OUTCOMES),
+            upstream_errors: Default::default(),
             requests: (0..ROUTES * METHODS)
                 .map(|_| StatusRow::default())
                 .collect(),
@@ -151,6 +252,7 @@ impl Default for WorkerMetrics {
 
 impl WorkerMetrics {
     /// Records `count` requests answered with `status` after `elapsed` each.
+    #[inline]
     pub fn request(
         &self,
         route: Route,
@@ -160,13 +262,8 @@ impl WorkerMetrics {
         count: u64,
     ) {
         self.requests[route as usize * METHODS + method as usize].bump(status, count);
-        let seconds = elapsed.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(BUCKETS.len());
         bump(
-            &self.buckets[route as usize * (BUCKETS.len() + 1) + bucket],
+            &self.buckets[route as usize * (BUCKETS.len() + 1) + bucket(elapsed)],
             count,
         );
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -174,6 +271,22 @@ impl WorkerMetrics {
             &self.duration_sum[route as usize],
             nanos.saturating_mul(count),
         );
+    }
+
+    /// Records one call to upstream number `upstream` that ended with `outcome` after `elapsed`.
+    pub fn upstream_call(&self, upstream: usize, outcome: UpstreamOutcome, elapsed: Duration) {
+        let series = upstream * OUTCOMES + outcome as usize;
+        if let Some(sum) = self.upstream_sum.get(series) {
+            bump(
+                &self.upstream_buckets[series * (BUCKETS.len() + 1) + bucket(elapsed)],
+                1,
+            );
+            bump(sum, u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamError) {
+        bump(&self.upstream_errors[kind as usize], 1);
     }
 
     pub fn connection_accepted(&self) {
@@ -197,12 +310,19 @@ impl WorkerMetrics {
 #[derive(Debug, Clone)]
 pub struct Registry {
     workers: Arc<Vec<Arc<WorkerMetrics>>>,
+    /// Gateway mode: the upstreams' URLs, the `upstream` label (empty in serve mode).
+    upstreams: Arc<[String]>,
 }
 
 impl Registry {
-    pub fn new(workers: usize) -> Registry {
+    pub fn new(workers: usize, upstreams: Vec<String>) -> Registry {
         Registry {
-            workers: Arc::new((0..workers).map(|_| Arc::default()).collect()),
+            workers: Arc::new(
+                (0..workers)
+                    .map(|_| Arc::new(WorkerMetrics::new(upstreams.len())))
+                    .collect(),
+            ),
+            upstreams: upstreams.into(),
         }
     }
 
@@ -261,23 +381,12 @@ impl Registry {
         );
         for route in Route::ALL {
             let base = route as usize * (BUCKETS.len() + 1);
-            let mut cumulative = 0;
-            for (index, bound) in BUCKETS.iter().enumerate() {
-                cumulative += self.sum(|w| load(&w.buckets[base + index]));
-                let _ = writeln!(
-                    out,
-                    "microservice2_request_duration_seconds_bucket{{route=\"{}\",le=\"{bound}\"}} {cumulative}",
-                    route.label()
-                );
-            }
-            cumulative += self.sum(|w| load(&w.buckets[base + BUCKETS.len()]));
-            let sum = self.sum(|w| load(&w.duration_sum[route as usize])) as f64 / 1e9;
-            let label = route.label();
-            let _ = writeln!(
-                out,
-                "microservice2_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {cumulative}\n\
-                 microservice2_request_duration_seconds_sum{{route=\"{label}\"}} {sum}\n\
-                 microservice2_request_duration_seconds_count{{route=\"{label}\"}} {cumulative}"
+            write_histogram(
+                &mut out,
+                "microservice2_request_duration_seconds",
+                &format!("route=\"{}\"", route.label()),
+                |bucket| self.sum(|w| load(&w.buckets[base + bucket])),
+                self.sum(|w| load(&w.duration_sum[route as usize])),
             );
         }
         let accepted = self.sum(|w| load(&w.accepted));
@@ -305,6 +414,9 @@ impl Registry {
                 fault.name()
             );
         }
+        if !self.upstreams.is_empty() {
+            self.render_upstreams(&mut out);
+        }
         let _ = writeln!(
             out,
             "# HELP microservice2_build_info The running build.\n\
@@ -315,6 +427,92 @@ impl Registry {
         process::render(&mut out);
         out
     }
+
+    /// Gateway mode's metrics: upstream call durations and errors.
+    fn render_upstreams(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_upstream_request_duration_seconds Calls to upstreams (each attempt), by upstream and outcome.\n\
+             # TYPE microservice2_upstream_request_duration_seconds histogram"
+        );
+        for (index, url) in self.upstreams.iter().enumerate() {
+            for outcome in UpstreamOutcome::ALL {
+                let series = index * OUTCOMES + outcome as usize;
+                let base = series * (BUCKETS.len() + 1);
+                let count = |bucket| self.sum(|w| load(&w.upstream_buckets[base + bucket]));
+                // Outcomes never seen are left out: eight series per upstream would be noise.
+                if (0..=BUCKETS.len()).all(|bucket| count(bucket) == 0) {
+                    continue;
+                }
+                write_histogram(
+                    out,
+                    "microservice2_upstream_request_duration_seconds",
+                    &format!(
+                        "upstream=\"{}\",outcome=\"{}\"",
+                        escape(url),
+                        outcome.label()
+                    ),
+                    count,
+                    self.sum(|w| load(&w.upstream_sum[series])),
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_upstream_errors_total Upstream calls that gave no usable answer, by kind.\n\
+             # TYPE microservice2_upstream_errors_total counter"
+        );
+        for kind in UpstreamError::ALL {
+            let value = self.sum(|w| load(&w.upstream_errors[kind as usize]));
+            let _ = writeln!(
+                out,
+                "microservice2_upstream_errors_total{{kind=\"{}\"}} {value}",
+                kind.label()
+            );
+        }
+    }
+}
+
+/// The bucket a duration falls in: the first whose bound holds it, else +Inf.
+fn bucket(elapsed: Duration) -> usize {
+    let seconds = elapsed.as_secs_f64();
+    BUCKETS
+        .iter()
+        .position(|&bound| seconds <= bound)
+        .unwrap_or(BUCKETS.len())
+}
+
+/// Writes one histogram series: cumulative buckets, sum and count. `count(i)` is the number
+/// of observations in bucket `i` alone (the last, `BUCKETS.len()`, being +Inf).
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    count: impl Fn(usize) -> u64,
+    sum_nanos: u64,
+) {
+    let mut cumulative = 0;
+    for (index, bound) in BUCKETS.iter().enumerate() {
+        cumulative += count(index);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += count(BUCKETS.len());
+    let sum = sum_nanos as f64 / 1e9;
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n\
+         {name}_sum{{{labels}}} {sum}\n\
+         {name}_count{{{labels}}} {cumulative}"
+    );
+}
+
+/// A label value with `\\`, `"` and newlines escaped, as the exposition format wants.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The process collector's metrics, read from /proc/self.
@@ -390,7 +588,7 @@ mod tests {
 
     #[test]
     fn statuses_are_counted_by_code_and_overflow_into_other() {
-        let registry = Registry::new(2);
+        let registry = Registry::new(2, Vec::new());
         let (a, b) = (registry.worker(0), registry.worker(1));
         let micro = Duration::from_micros(10);
         a.request(Route::Avatar, MethodLabel::Get, 200, micro, 3);
@@ -419,7 +617,7 @@ mod tests {
 
     #[test]
     fn durations_land_in_the_first_bucket_that_holds_them() {
-        let registry = Registry::new(1);
+        let registry = Registry::new(1, Vec::new());
         let worker = registry.worker(0);
         worker.request(
             Route::Healthz,

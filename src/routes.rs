@@ -13,7 +13,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{
+    ALLOW, CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderValue, LOCATION, RETRY_AFTER,
+};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::sync::Notify;
 
@@ -22,6 +24,7 @@ use crate::behaviour::parse::Unknown;
 use crate::behaviour::{BehaviourError, Controls, Fault, Limits, Plan, Rng};
 use crate::body::Body;
 use crate::config::Config;
+use crate::gateway::{Forward, Gateway};
 use crate::metrics::{MethodLabel, Registry, Route, WorkerMetrics};
 use crate::time;
 
@@ -61,11 +64,16 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(workers: usize) -> Shared {
+        Shared::with_upstreams(workers, Vec::new())
+    }
+
+    /// Gateway mode's shared state: metrics also count calls to `upstreams` (their URLs).
+    pub fn with_upstreams(workers: usize, upstreams: Vec<String>) -> Shared {
         Shared {
             inflight: Arc::default(),
             ready: Arc::new(AtomicBool::new(true)),
             connections: Arc::default(),
-            metrics: Registry::new(workers.max(1)),
+            metrics: Registry::new(workers.max(1), upstreams),
         }
     }
 
@@ -112,6 +120,12 @@ pub struct Routes {
     rng: RefCell<Rng>,
     /// `count=N` bodies, newest last.
     lists: RefCell<Vec<(u32, Bytes)>>,
+    /// Gateway mode: the path calls the upstream instead of answering avatars.
+    gateway: Option<Gateway>,
+    /// Gateway mode: pass the caller's behaviour on (`--forward-behaviour`).
+    forward_behaviour: bool,
+    location: HeaderValue,
+    date_header: crate::config::DateHeader,
 }
 
 impl Routes {
@@ -120,25 +134,41 @@ impl Routes {
         let location = HeaderValue::from_str(&config.path)
             .expect("config validation admits only visible ASCII paths");
         let salt = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let rng = match config.seed {
+        let mut rng = match config.seed {
             Some(seed) => Rng::new(seed ^ salt),
             None => Rng::from_entropy(salt),
         };
+        let metrics = shared.metrics.worker(worker);
+        let gateway = config.gateway.as_ref().map(|gateway| {
+            Gateway::new(
+                gateway,
+                Arc::clone(&metrics),
+                !config.no_metrics,
+                Rng::new(rng.next_u64()),
+            )
+        });
         Routes {
             path: config.path.clone(),
-            avatars: RefCell::new(AvatarCache::new(config.date_header, location)),
+            avatars: RefCell::new(AvatarCache::new(config.date_header, location.clone())),
             profile: config.profile.clone(),
             allow_request_behaviour: config.allow_request_behaviour,
             limits: config.limits(),
             max_inflight: config.max_inflight.map(usize::from),
             max_hang: config.max_hang,
             shared: shared.clone(),
-            metrics: shared.metrics.worker(worker),
+            metrics,
             record: !config.no_metrics,
             admin_port: config.admin_port.is_some(),
             access_log: config.access_log.then_some(config.access_log_sample),
             rng: RefCell::new(rng),
             lists: RefCell::new(Vec::new()),
+            forward_behaviour: config
+                .gateway
+                .as_ref()
+                .is_some_and(|gateway| gateway.forward_behaviour),
+            gateway,
+            location,
+            date_header: config.date_header,
         }
     }
 
@@ -206,7 +236,11 @@ impl Routes {
             }
         }
         if !admin && path == self.path {
-            Route::Avatar
+            if self.gateway.is_some() {
+                Route::Gateway
+            } else {
+                Route::Avatar
+            }
         } else {
             Route::NotFound
         }
@@ -289,24 +323,47 @@ impl Routes {
                 let text = self.shared.metrics.render(inflight);
                 return Reply::now(plain(StatusCode::OK, PROMETHEUS, text));
             }
+            Route::Gateway => return self.forward(request, faults),
             Route::Avatar | Route::NotFound => {}
         }
         let controls = match self.controls(request) {
             Ok(controls) => controls,
             Err(err) => return Reply::now(plain(StatusCode::BAD_REQUEST, JSON, err.to_json())),
         };
-        let guard = match self.admit(&controls) {
+        let guard = match self.admit(&controls, false) {
             Admission::Admitted(guard) => guard,
-            Admission::Shed => {
-                let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, JSON, OVERLOADED_BODY);
-                response.headers_mut().insert(RETRY_AFTER, ONE_SECOND);
-                return Reply::now(response);
-            }
+            Admission::Shed => return Reply::now(overloaded()),
         };
         if controls.is_empty() {
             let (body, headers) = self.avatar_parts();
             return Reply::now(with_headers(Body::whole(body), headers));
         }
+        self.later(&controls, guard, faults, None)
+    }
+
+    /// Gateway mode: the gateway's own behaviour (`--behaviour` only), then the upstream call,
+    /// carrying the caller's behaviour on with `--forward-behaviour`.
+    fn forward<B>(self: &Rc<Self>, request: &Request<B>, faults: &Rc<FaultSignal>) -> Reply {
+        let guard = match self.admit(&self.profile, true) {
+            Admission::Admitted(guard) => guard,
+            Admission::Shed => return Reply::now(overloaded()),
+        };
+        let forward = if self.forward_behaviour {
+            Forward::of(request)
+        } else {
+            Forward::default()
+        };
+        self.later(&self.profile, guard, faults, Some(forward))
+    }
+
+    /// Plans `controls` and acts them out; the answer comes later.
+    fn later(
+        self: &Rc<Self>,
+        controls: &Controls,
+        guard: Option<InflightGuard>,
+        faults: &Rc<FaultSignal>,
+        forward: Option<Forward>,
+    ) -> Reply {
         let inflight = self.shared.inflight.load(Ordering::Relaxed);
         let plan = match controls.seed {
             Some(seed) => controls.plan(&mut Rng::new(seed), inflight, &self.limits),
@@ -315,7 +372,7 @@ impl Routes {
         let routes = Rc::clone(self);
         let faults = Rc::clone(faults);
         Reply::Later(Box::pin(async move {
-            let response = routes.act_out(plan, &faults).await;
+            let response = routes.act_out(plan, &faults, forward).await;
             drop(guard);
             response
         }))
@@ -340,9 +397,9 @@ impl Routes {
     }
 
     /// Counts the request in flight when anything needs the count (load shedding, a
-    /// behaviour to act out); above `--max-inflight`, sheds it.
-    fn admit(&self, controls: &Controls) -> Admission {
-        if self.max_inflight.is_none() && controls.is_empty() {
+    /// behaviour to act out, an upstream call: `always`); above `--max-inflight`, sheds it.
+    fn admit(&self, controls: &Controls, always: bool) -> Admission {
+        if !always && self.max_inflight.is_none() && controls.is_empty() {
             return Admission::Admitted(None);
         }
         let guard = InflightGuard::new(&self.shared.inflight);
@@ -352,8 +409,14 @@ impl Routes {
         }
     }
 
-    /// Carries out a plan: wait, then fault or answer.
-    async fn act_out(&self, plan: Plan, faults: &FaultSignal) -> Response<Body> {
+    /// Carries out a plan: wait, then fault or answer: an injected status, else the upstream's
+    /// answer in gateway mode (`forward`), else avatars.
+    async fn act_out(
+        &self,
+        plan: Plan,
+        faults: &FaultSignal,
+        forward: Option<Forward>,
+    ) -> Response<Body> {
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
         }
@@ -370,25 +433,32 @@ impl Routes {
             Some(Fault::Truncate) => self.fault_injected(Fault::Truncate),
             None => {}
         }
-        let (body, mut headers) = match plan.status {
-            Some(code) => {
-                let body = format!(r#"{{"error":"injected","status":{code}}}"#);
+        let injected = plan
+            .status
+            .map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        let (status, body, mut headers) = match (injected, forward, &self.gateway) {
+            (Some(status), _, _) => {
+                let body = format!(r#"{{"error":"injected","status":{}}}"#, status.as_u16());
                 let mut headers = HeaderMap::with_capacity(2);
                 headers.insert(CONTENT_TYPE, JSON);
-                (Bytes::from(body), headers)
+                (status, Bytes::from(body), headers)
             }
-            None => {
+            (None, Some(forward), Some(gateway)) => {
+                let answer = gateway.call(&forward).await;
+                (
+                    answer.status,
+                    answer.body,
+                    self.gateway_headers(answer.content_type),
+                )
+            }
+            (None, _, _) => {
                 let (body, headers) = self.avatar_parts();
                 match plan.count {
-                    Some(count) => (self.list(count, time::now()), headers),
-                    None => (body, headers),
+                    Some(count) => (StatusCode::OK, self.list(count, time::now()), headers),
+                    None => (StatusCode::OK, body, headers),
                 }
             }
         };
-        let status = plan
-            .status
-            .and_then(|code| StatusCode::from_u16(code).ok())
-            .unwrap_or(StatusCode::OK);
         let body = if plan.fault == Some(Fault::Truncate) {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
             Body::truncated(body)
@@ -401,6 +471,25 @@ impl Routes {
         let mut response = with_headers(body, headers);
         *response.status_mut() = status;
         response
+    }
+
+    /// The gateway's answer headers, in the avatar answer's order: the upstream's content type,
+    /// `engine`, `location` (the gateway's path) and `date` in the configured form.
+    fn gateway_headers(&self, content_type: HeaderValue) -> HeaderMap {
+        let now = time::now();
+        let date = match self.date_header {
+            crate::config::DateHeader::Rfc3339 => {
+                HeaderValue::from_bytes(&time::rfc3339_nanos(now))
+            }
+            crate::config::DateHeader::Http => HeaderValue::from_bytes(&time::imf_fixdate(now)),
+        }
+        .expect("the time formatters write only visible ASCII");
+        let mut headers = HeaderMap::with_capacity(5);
+        headers.insert(CONTENT_TYPE, content_type);
+        headers.insert(avatar::ENGINE, avatar::ENGINE_VALUE);
+        headers.insert(LOCATION, self.location.clone());
+        headers.insert(DATE, date);
+        headers
     }
 
     fn fault_injected(&self, fault: Fault) {
@@ -541,6 +630,13 @@ impl Future for Reply {
             Reply::Later(future) => future.as_mut().poll(cx).map(Ok),
         }
     }
+}
+
+/// The 503 of `--max-inflight` load shedding.
+fn overloaded() -> Response<Body> {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, JSON, OVERLOADED_BODY);
+    response.headers_mut().insert(RETRY_AFTER, ONE_SECOND);
+    response
 }
 
 fn with_headers(body: Body, headers: HeaderMap) -> Response<Body> {

@@ -90,8 +90,11 @@ impl Server {
             }
             None => None,
         };
+        let upstreams = config.gateway.as_ref().map_or_else(Vec::new, |gateway| {
+            gateway.upstreams.iter().map(|u| u.url.clone()).collect()
+        });
         Ok(Server {
-            shared: Shared::new(workers),
+            shared: Shared::with_upstreams(workers, upstreams),
             config: Arc::new(config),
             listeners,
             local_addr: addr,

@@ -4,6 +4,7 @@ mod behaviour;
 mod cli;
 mod contract;
 mod fuzz;
+mod gateway;
 mod hardening;
 mod observability;
 mod protocol;

@@ -6,7 +6,7 @@ use prometheus_parse::{Scrape, Value};
 
 use crate::support::{ChildServer, Client, TestServer, config, spawn};
 
-fn scrape(client: &mut Client) -> Scrape {
+pub fn scrape(client: &mut Client) -> Scrape {
     client.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     let response = client.read_response(false);
     assert_eq!(response.status, 200);
@@ -19,7 +19,7 @@ fn scrape(client: &mut Client) -> Scrape {
 }
 
 /// The value of the sample `name` whose labels include all of `labels` (0 when absent).
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()

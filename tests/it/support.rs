@@ -277,7 +277,7 @@ impl ChildServer {
         ChildServer::start_command(command, Stdio::piped())
     }
 
-    fn start_command(mut command: Command, stderr: Stdio) -> ChildServer {
+    pub fn start_command(mut command: Command, stderr: Stdio) -> ChildServer {
         let mut child = command
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())

@@ -1,0 +1,527 @@
+//! Gateway mode: the suite's "microservice 1". Each request on the gateway's path becomes a
+//! call to the upstream (or to several at once) over a pooled keep-alive HTTP/1.1 client, one
+//! pool per worker, with a deadline, retries and answers that name what went wrong.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::behaviour::Rng;
+use crate::config::{GatewayConfig, Upstream};
+use crate::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
+use crate::routes::BEHAVIOUR_HEADER;
+
+/// The query keys of behaviour controls, the ones `--forward-behaviour` passes on.
+const BEHAVIOUR_KEYS: [&str; 7] = ["delay", "status", "fault", "count", "drip", "rate", "seed"];
+
+/// Backoff doubles at most this many times (10 ms base: about 10 s), however many retries.
+const MAX_BACKOFF_DOUBLINGS: u32 = 10;
+
+/// The behaviour a caller asked for that the gateway passes on (`--forward-behaviour`).
+#[derive(Debug, Clone, Default)]
+pub struct Forward {
+    header: Option<HeaderValue>,
+    /// Only the behaviour pairs of the caller's query, as written.
+    query: Option<String>,
+}
+
+impl Forward {
+    /// The behaviour header and behaviour query pairs of `request`.
+    pub fn of<B>(request: &Request<B>) -> Forward {
+        let header = request.headers().get(BEHAVIOUR_HEADER).cloned();
+        let query = request.uri().query().and_then(|query| {
+            let pairs: Vec<&str> = query
+                .split('&')
+                .filter(|pair| {
+                    let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
+                    BEHAVIOUR_KEYS.contains(&key)
+                })
+                .collect();
+            (!pairs.is_empty()).then(|| pairs.join("&"))
+        });
+        Forward { header, query }
+    }
+
+    /// The URI to call: the upstream's, with the forwarded pairs added to its query.
+    fn uri(&self, upstream: &Uri) -> Uri {
+        let Some(query) = &self.query else {
+            return upstream.clone();
+        };
+        let path = upstream.path();
+        let path_and_query = match upstream.query() {
+            Some(own) => format!("{path}?{own}&{query}"),
+            None => format!("{path}?{query}"),
+        };
+        let mut parts = upstream.clone().into_parts();
+        // Built from a valid path and query pairs taken from a valid request target.
+        parts.path_and_query = path_and_query.parse().ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| upstream.clone())
+    }
+}
+
+/// What the gateway answers its caller: status, content type and body (the caller adds the
+/// gateway's own headers).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: HeaderValue,
+    pub body: Bytes,
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// One upstream's answer, read whole.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+}
+
+/// Why a call gave no answer, with the cause as text.
+#[derive(Debug)]
+struct Failure {
+    kind: UpstreamError,
+    cause: String,
+}
+
+impl Failure {
+    fn outcome(&self) -> UpstreamOutcome {
+        match self.kind {
+            UpstreamError::Connect => UpstreamOutcome::Connect,
+            UpstreamError::Timeout => UpstreamOutcome::Timeout,
+            UpstreamError::Closed | UpstreamError::Unavailable => UpstreamOutcome::Closed,
+            UpstreamError::Malformed => UpstreamOutcome::Malformed,
+        }
+    }
+
+    /// The error message answered for this failure.
+    fn message(&self) -> &'static str {
+        match self.kind {
+            UpstreamError::Timeout => "upstream timeout",
+            UpstreamError::Connect => "upstream connection failed",
+            UpstreamError::Closed | UpstreamError::Unavailable => "upstream closed the connection",
+            UpstreamError::Malformed => "malformed upstream response",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        if self.kind == UpstreamError::Timeout {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        }
+    }
+
+    /// Sorts a client error into a kind: no connection, a malformed answer, or a connection
+    /// that ended before the whole answer.
+    fn of(err: &(dyn std::error::Error + 'static), connect: bool) -> Failure {
+        let mut cause = String::new();
+        let mut kind = if connect {
+            UpstreamError::Connect
+        } else {
+            UpstreamError::Closed
+        };
+        let mut next = Some(err);
+        while let Some(err) = next {
+            if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+                if hyper.is_parse() || hyper.is_parse_status() {
+                    kind = UpstreamError::Malformed;
+                }
+            }
+            // The client's own wrapper says only "client error (Kind)": skip it.
+            if err
+                .downcast_ref::<hyper_util::client::legacy::Error>()
+                .is_none()
+            {
+                if !cause.is_empty() {
+                    cause.push_str(": ");
+                }
+                let _ = write!(cause, "{err}");
+            }
+            next = err.source();
+        }
+        Failure { kind, cause }
+    }
+}
+
+/// One worker's gateway: its connection pool and the upstreams it calls.
+#[derive(Debug)]
+pub struct Gateway {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    config: GatewayConfig,
+    rng: RefCell<Rng>,
+    metrics: Arc<WorkerMetrics>,
+    record: bool,
+}
+
+impl Gateway {
+    /// A gateway with its own pool; `rng` jitters the retry backoff.
+    pub fn new(
+        config: &GatewayConfig,
+        metrics: Arc<WorkerMetrics>,
+        record: bool,
+        rng: Rng,
+    ) -> Gateway {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .build(connector);
+        Gateway {
+            client,
+            config: config.clone(),
+            rng: RefCell::new(rng),
+            metrics,
+            record,
+        }
+    }
+
+    /// Calls the upstream(s) for one request and says what to answer.
+    pub async fn call(&self, forward: &Forward) -> Answer {
+        let deadline = Instant::now() + self.config.timeout;
+        if let [upstream] = self.config.upstreams.as_slice() {
+            return match self.attempts(0, upstream, forward, deadline).await {
+                Ok(reply) => Answer {
+                    status: reply.status,
+                    content_type: reply.content_type.unwrap_or(JSON),
+                    body: reply.body,
+                },
+                Err(failure) => failure_answer(&failure, upstream),
+            };
+        }
+        let calls = self
+            .config
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(index, upstream)| async move {
+                let start = Instant::now();
+                let result = self.attempts(index, upstream, forward, deadline).await;
+                (upstream, result, start.elapsed())
+            });
+        let results = futures_util::future::join_all(calls).await;
+        fan_in(&results)
+    }
+
+    /// Calls `upstream` until it answers something not worth retrying, retries run out, or
+    /// the next try would start past `deadline`.
+    async fn attempts(
+        &self,
+        index: usize,
+        upstream: &Upstream,
+        forward: &Forward,
+        deadline: Instant,
+    ) -> Result<Reply, Failure> {
+        let uri = forward.uri(&upstream.uri);
+        let mut attempt = 0;
+        loop {
+            let start = Instant::now();
+            let result = match tokio::time::timeout_at(deadline, self.once(&uri, forward)).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure {
+                    kind: UpstreamError::Timeout,
+                    cause: format!("no answer within {:?}", self.config.timeout),
+                }),
+            };
+            let retry = self.observe(index, &result, start.elapsed());
+            if !retry || attempt >= self.config.retries {
+                return result;
+            }
+            let pause = self.backoff(attempt);
+            if Instant::now() + pause >= deadline {
+                return result;
+            }
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// One request to the upstream, its body read whole.
+    async fn once(&self, uri: &Uri, forward: &Forward) -> Result<Reply, Failure> {
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = uri.clone();
+        if let Some(header) = &forward.header {
+            request
+                .headers_mut()
+                .insert(BEHAVIOUR_HEADER, header.clone());
+        }
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|err| Failure::of(&err, err.is_connect()))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|err| Failure::of(&err, false))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+            body,
+        })
+    }
+
+    /// Records one attempt; says whether it is worth retrying (a connect error, or a 502,
+    /// 503 or 504 answer).
+    fn observe(&self, index: usize, result: &Result<Reply, Failure>, elapsed: Duration) -> bool {
+        let (outcome, error) = match result {
+            Ok(reply) => {
+                let unavailable = matches!(reply.status.as_u16(), 502..=504);
+                (
+                    UpstreamOutcome::of_status(reply.status.as_u16()),
+                    unavailable.then_some(UpstreamError::Unavailable),
+                )
+            }
+            Err(failure) => (failure.outcome(), Some(failure.kind)),
+        };
+        if self.record {
+            self.metrics.upstream_call(index, outcome, elapsed);
+            if let Some(kind) = error {
+                self.metrics.upstream_error(kind);
+            }
+        }
+        matches!(
+            error,
+            Some(UpstreamError::Connect | UpstreamError::Unavailable)
+        )
+    }
+
+    /// The pause before retry number `attempt + 1`: the base doubled `attempt` times, of
+    /// which a random half or more ("equal jitter", so retries of many requests spread out).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let full = self
+            .config
+            .retry_backoff
+            .saturating_mul(1 << attempt.min(MAX_BACKOFF_DOUBLINGS));
+        let jitter = self.rng.borrow_mut().next_f64();
+        full.mul_f64(0.5 + 0.5 * jitter)
+    }
+}
+
+/// The answer for a single upstream's failure: 504 for a timeout, else 502, naming the cause.
+fn failure_answer(failure: &Failure, upstream: &Upstream) -> Answer {
+    let mut body = format!(
+        r#"{{"error":"{}","upstream":{}"#,
+        failure.message(),
+        json_string(&upstream.url)
+    );
+    if failure.kind != UpstreamError::Timeout {
+        let _ = write!(
+            body,
+            r#","kind":"{}","cause":{}"#,
+            failure.kind.label(),
+            json_string(&failure.cause)
+        );
+    }
+    body.push('}');
+    Answer {
+        status: failure.status(),
+        content_type: JSON,
+        body: Bytes::from(body),
+    }
+}
+
+/// Gathers the answers of a fan-out: 200 with one entry per upstream when any answered; when
+/// none did, 504 if all timed out, else 502, with the same entries.
+fn fan_in(results: &[(&Upstream, Result<Reply, Failure>, Duration)]) -> Answer {
+    let mut entries = String::from("[");
+    for (index, (upstream, result, elapsed)) in results.iter().enumerate() {
+        if index > 0 {
+            entries.push(',');
+        }
+        let _ = write!(
+            entries,
+            r#"{{"url":{},"status":"#,
+            json_string(&upstream.url)
+        );
+        match result {
+            Ok(reply) => {
+                let _ = write!(entries, "{}", reply.status.as_u16());
+            }
+            Err(_) => entries.push_str("null"),
+        }
+        let _ = write!(
+            entries,
+            r#","duration_ms":{:.3},"body":"#,
+            elapsed.as_secs_f64() * 1e3
+        );
+        match result {
+            Ok(reply) if is_json(&reply.body) => {
+                entries.push_str(&String::from_utf8_lossy(&reply.body));
+            }
+            Ok(_) => entries.push_str("null"),
+            Err(failure) => {
+                let _ = write!(
+                    entries,
+                    r#"null,"error":"{}","cause":{}"#,
+                    failure.message(),
+                    json_string(&failure.cause)
+                );
+            }
+        }
+        entries.push('}');
+    }
+    entries.push(']');
+    let answered = results.iter().any(|(_, result, _)| result.is_ok());
+    let (status, body) = if answered {
+        (StatusCode::OK, format!(r#"{{"upstreams":{entries}}}"#))
+    } else {
+        let all_timed_out = results.iter().all(|(_, result, _)| {
+            matches!(result, Err(failure) if failure.kind == UpstreamError::Timeout)
+        });
+        let (status, message) = if all_timed_out {
+            (StatusCode::GATEWAY_TIMEOUT, "upstream timeout")
+        } else {
+            (StatusCode::BAD_GATEWAY, "all upstreams failed")
+        };
+        (
+            status,
+            format!(r#"{{"error":"{message}","upstreams":{entries}}}"#),
+        )
+    };
+    Answer {
+        status,
+        content_type: JSON,
+        body: Bytes::from(body),
+    }
+}
+
+/// Whether `body` is one JSON value (UTF-8), so it can be embedded as it is.
+fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok()
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        Upstream {
+            url: url.to_owned(),
+            uri: url.parse().expect("a test URL"),
+        }
+    }
+
+    fn get(target: &str, header: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        *request.uri_mut() = target.parse().expect("a test target");
+        if let Some(header) = header {
+            request.headers_mut().insert(
+                BEHAVIOUR_HEADER,
+                HeaderValue::from_str(header).expect("ASCII"),
+            );
+        }
+        request
+    }
+
+    #[test]
+    fn only_behaviour_pairs_are_forwarded_and_added_to_the_upstream_query() {
+        let forward = Forward::of(&get(
+            "/v1/user?delay=5ms&page=2&status=503:10&x",
+            Some("fault=close"),
+        ));
+        assert_eq!(forward.query.as_deref(), Some("delay=5ms&status=503:10"));
+        assert_eq!(
+            forward.header,
+            Some(HeaderValue::from_static("fault=close"))
+        );
+        let plain = upstream("http://127.0.0.1:3000/v1/avatar");
+        assert_eq!(
+            forward.uri(&plain.uri).to_string(),
+            "http://127.0.0.1:3000/v1/avatar?delay=5ms&status=503:10"
+        );
+        let with_query = upstream("http://m2:3000/v1/avatar?count=3");
+        assert_eq!(
+            forward.uri(&with_query.uri).to_string(),
+            "http://m2:3000/v1/avatar?count=3&delay=5ms&status=503:10"
+        );
+        let nothing = Forward::of(&get("/v1/user?page=2", None));
+        assert!(nothing.query.is_none() && nothing.header.is_none());
+        assert_eq!(nothing.uri(&plain.uri), plain.uri);
+    }
+
+    #[test]
+    fn a_timeout_names_the_upstream_and_other_failures_their_cause() {
+        let up = upstream("http://127.0.0.1:9/x");
+        let timeout = failure_answer(
+            &Failure {
+                kind: UpstreamError::Timeout,
+                cause: "no answer".into(),
+            },
+            &up,
+        );
+        assert_eq!(timeout.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            &timeout.body[..],
+            br#"{"error":"upstream timeout","upstream":"http://127.0.0.1:9/x"}"#
+        );
+        let refused = failure_answer(
+            &Failure {
+                kind: UpstreamError::Connect,
+                cause: "Connection \"refused\"".into(),
+            },
+            &up,
+        );
+        assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
+        let json: serde_json::Value = serde_json::from_slice(&refused.body).expect("JSON");
+        assert_eq!(json["kind"], "connect");
+        assert_eq!(json["cause"], "Connection \"refused\"");
+    }
+
+    #[test]
+    fn fan_in_embeds_json_bodies_and_fails_only_when_every_upstream_failed() {
+        let (a, b) = (upstream("http://a/"), upstream("http://b/"));
+        let ok = |body: &'static [u8]| {
+            Ok(Reply {
+                status: StatusCode::OK,
+                content_type: Some(JSON),
+                body: Bytes::from_static(body),
+            })
+        };
+        let timed_out = || {
+            Err(Failure {
+                kind: UpstreamError::Timeout,
+                cause: String::new(),
+            })
+        };
+        let ms = Duration::from_millis(2);
+        let answer = fan_in(&[(&a, ok(br#"[{"x":1}]"#), ms), (&b, ok(b"not json"), ms)]);
+        assert_eq!(answer.status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+        assert_eq!(json["upstreams"][0]["body"][0]["x"], 1);
+        assert_eq!(json["upstreams"][0]["duration_ms"], 2.0);
+        assert!(json["upstreams"][1]["body"].is_null());
+        let answer = fan_in(&[(&a, ok(b"{}"), ms), (&b, timed_out(), ms)]);
+        assert_eq!(answer.status, StatusCode::OK);
+        let answer = fan_in(&[(&a, timed_out(), ms), (&b, timed_out(), ms)]);
+        assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+        let refused = Err(Failure {
+            kind: UpstreamError::Connect,
+            cause: String::new(),
+        });
+        let answer = fan_in(&[(&a, timed_out(), ms), (&b, refused, ms)]);
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");
+        assert_eq!(json["upstreams"][1]["error"], "upstream connection failed");
+    }
+}

@@ -1,0 +1,505 @@
+//! Gateway mode against real serve-mode upstreams, all on port 0: pass-through, the suite's
+//! environment variables, the failure policy, retries, keep-alive reuse, fan-out, forwarding.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use microservice2::avatar::CREATED_AT_OFFSET;
+use prometheus_parse::Value;
+
+use crate::observability::{scrape, value};
+use crate::support::{ChildServer, Client, RawResponse, TestServer, binary, config, spawn};
+
+/// `createdAt` is patched with the current millisecond: compare bodies without it.
+fn masked(body: &[u8]) -> Vec<u8> {
+    let mut body = body.to_vec();
+    body[CREATED_AT_OFFSET..CREATED_AT_OFFSET + 24].fill(b'#');
+    body
+}
+
+/// A gateway on port 0 in front of `upstreams` (URLs), with extra flags.
+fn gateway(upstreams: &[String], extra: &[&str]) -> TestServer {
+    let mut args = vec!["gateway"];
+    for url in upstreams {
+        args.extend(["--upstream", url.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    spawn(config(&args))
+}
+
+fn url(server: &TestServer, path: &str) -> String {
+    format!("http://{}{path}", server.addr)
+}
+
+/// An address where nothing listens.
+fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address")
+}
+
+fn json(response: &RawResponse) -> serde_json::Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|err| panic!("{err}: {}", response.body_text()))
+}
+
+/// The upstream's count of accepted connections and of GETs answered on `route`.
+fn upstream_counts(upstream: &TestServer, route: &str) -> (f64, f64) {
+    let scrape = scrape(&mut upstream.connect());
+    (
+        value(&scrape, "microservice2_connections_accepted_total", &[]),
+        value(
+            &scrape,
+            "microservice2_requests_total",
+            &[("route", route), ("method", "GET")],
+        ),
+    )
+}
+
+#[test]
+fn the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers() {
+    let upstream = spawn(config(&[]));
+    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &[]);
+    let direct = upstream.get("/v1/avatar");
+    let through = gateway.get("/v1/user");
+    assert_eq!(through.status, 200);
+    assert_eq!(masked(&through.body), masked(&direct.body));
+    let names: Vec<&str> = through.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "content-type",
+            "engine",
+            "location",
+            "date",
+            "content-length"
+        ]
+    );
+    assert_eq!(through.header("content-type"), Some("application/json"));
+    assert_eq!(through.header("engine"), Some("Rust/Hype"));
+    assert_eq!(through.header("location"), Some("/v1/user"));
+    assert_eq!(through.header("content-length"), Some("3696"));
+    // The seed's RFC 3339 date, as in serve mode: 2023-04-21T12:40:19.925350124+00:00.
+    let date = through.header("date").expect("date");
+    assert_eq!(date.len(), 35, "{date}");
+    assert!(date.ends_with("+00:00"), "{date}");
+
+    // Whatever the upstream says passes on: its status, body and content type.
+    let missing = spawn(config(&[
+        "gateway",
+        "--upstream",
+        &url(&upstream, "/nothing"),
+    ]));
+    let response = missing.get("/v1/user");
+    assert_eq!(response.status, 404);
+    assert_eq!(response.body, b"Not found");
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    // Only the gateway's own path calls the upstream.
+    assert_eq!(gateway.get("/v1/avatar").status, 404);
+    let post = gateway.request("POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(post.status, 405);
+}
+
+#[test]
+fn the_date_header_option_applies_to_the_gateway_too() {
+    let upstream = spawn(config(&[]));
+    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &["--date-header", "http"]);
+    let date = gateway.get("/v1/user").header("date").map(str::to_owned);
+    let date = date.expect("date");
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+}
+
+#[test]
+fn the_suites_environment_variables_name_the_gateway_and_its_upstream() {
+    let upstream = spawn(config(&[]));
+    let mut command = binary(&["gateway", "--workers", "1"]);
+    command
+        .env("M1_DOMAIN", "127.0.0.1")
+        .env("M1_PORT", "0")
+        .env("M1_PATH", "/v1/user")
+        .env("M2_DOMAIN", "http://127.0.0.1")
+        .env("M2_PORT", upstream.addr.port().to_string())
+        .env("M2_PATH", "/v1/avatar");
+    let child = ChildServer::start_command(command, Stdio::inherit());
+    let mut client = Client::connect(child.addr);
+    client.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 3696);
+    assert_eq!(upstream_counts(&upstream, "avatar").1, 1.0);
+}
+
+#[test]
+fn a_refused_connection_is_a_502_naming_the_cause_within_100_ms() {
+    let down = format!("http://{}/v1/avatar", closed_port());
+    let gateway = gateway(std::slice::from_ref(&down), &[]);
+    let mut client = gateway.connect();
+    for _ in 0..3 {
+        let start = Instant::now();
+        client.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        let response = client.read_response(false);
+        let elapsed = start.elapsed();
+        assert_eq!(response.status, 502);
+        assert!(elapsed < Duration::from_millis(100), "{elapsed:?}");
+        let body = json(&response);
+        assert_eq!(body["error"], "upstream connection failed");
+        assert_eq!(body["kind"], "connect");
+        assert_eq!(body["upstream"], down.as_str());
+        assert!(
+            body["cause"]
+                .as_str()
+                .is_some_and(|c| c.contains("refused")),
+            "{body}"
+        );
+    }
+    let scrape = scrape(&mut gateway.connect());
+    assert_eq!(
+        value(
+            &scrape,
+            "microservice2_upstream_errors_total",
+            &[("kind", "connect")]
+        ),
+        3.0
+    );
+}
+
+#[test]
+fn an_upstream_slower_than_the_timeout_is_a_504_at_the_timeout() {
+    let upstream = spawn(config(&[
+        "--behaviour",
+        "delay=2s",
+        "--shutdown-timeout",
+        "100ms",
+    ]));
+    let target = url(&upstream, "/v1/avatar");
+    let gateway = gateway(std::slice::from_ref(&target), &["--timeout", "300ms"]);
+    let start = Instant::now();
+    let response = gateway.get("/v1/user");
+    let elapsed = start.elapsed();
+    assert_eq!(response.status, 504);
+    assert_eq!(
+        response.body_text(),
+        format!(r#"{{"error":"upstream timeout","upstream":"{target}"}}"#)
+    );
+    assert!(
+        elapsed >= Duration::from_millis(295) && elapsed < Duration::from_millis(600),
+        "{elapsed:?}"
+    );
+    // The attempt is in the histogram under its outcome.
+    let scrape = scrape(&mut gateway.connect());
+    let timeouts = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "microservice2_upstream_request_duration_seconds"
+                && s.labels.get("outcome") == Some("timeout")
+                && s.labels.get("upstream") == Some(target.as_str())
+        })
+        .expect("a timeout series");
+    match &timeouts.value {
+        Value::Histogram(buckets) => {
+            let count = |le: f64| {
+                buckets
+                    .iter()
+                    .find(|b| b.less_than == le)
+                    .map_or(-1.0, |b| b.count)
+            };
+            assert_eq!(count(0.25), 0.0);
+            assert_eq!(count(0.5), 1.0);
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
+
+/// Answers of a gateway in front of an upstream failing half its requests with 503.
+fn statuses_behind_flaky_upstream(retries: &str, requests: usize) -> (usize, TestServer) {
+    let upstream = spawn(config(&["--behaviour", "status=503:50", "--seed", "7"]));
+    let gateway = gateway(
+        &[url(&upstream, "/v1/avatar")],
+        &["--retries", retries, "--retry-backoff", "1ms"],
+    );
+    let mut client = gateway.connect();
+    let mut ok = 0;
+    for _ in 0..requests {
+        client.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        let response = client.read_response(false);
+        match response.status {
+            200 => ok += 1,
+            503 => assert_eq!(response.body_text(), r#"{"error":"injected","status":503}"#),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (ok, gateway)
+}
+
+#[test]
+fn retries_recover_from_an_upstream_answering_503_half_the_time() {
+    let (without, _) = statuses_behind_flaky_upstream("0", 200);
+    assert!(
+        (60..=140).contains(&without),
+        "{without} of 200 without retries"
+    );
+    // Six retries fail only when seven tries in a row do: 1 in 128.
+    let (with, gateway) = statuses_behind_flaky_upstream("6", 200);
+    assert!(with >= 192, "{with} of 200 with retries");
+    let scrape = scrape(&mut gateway.connect());
+    let unavailable = value(
+        &scrape,
+        "microservice2_upstream_errors_total",
+        &[("kind", "unavailable")],
+    );
+    assert!(
+        (120.0..=280.0).contains(&unavailable),
+        "{unavailable} retried 503s"
+    );
+}
+
+#[test]
+fn retries_stop_at_the_overall_timeout() {
+    let down = format!("http://{}/", closed_port());
+    let gateway = gateway(
+        &[down],
+        &[
+            "--retries",
+            "100",
+            "--retry-backoff",
+            "20ms",
+            "--timeout",
+            "200ms",
+        ],
+    );
+    let start = Instant::now();
+    let response = gateway.get("/v1/user");
+    let elapsed = start.elapsed();
+    assert_eq!(response.status, 502);
+    assert!(elapsed < Duration::from_millis(260), "{elapsed:?}");
+    // 20, 40, 80 ms pauses fit in 200 ms (with jitter, at least 10 + 20 + 40): 3 or 4 tries.
+    let scrape = scrape(&mut gateway.connect());
+    let tries = value(
+        &scrape,
+        "microservice2_upstream_errors_total",
+        &[("kind", "connect")],
+    );
+    assert!((2.0..=5.0).contains(&tries), "{tries} tries");
+}
+
+#[test]
+fn keep_alive_connections_to_the_upstream_are_reused() {
+    let upstream = spawn(config(&[]));
+    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &[]);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = gateway.addr;
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                for _ in 0..100 {
+                    client.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+                    assert_eq!(client.read_response(false).status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    let (connections, requests) = upstream_counts(&upstream, "avatar");
+    assert_eq!(requests, 400.0);
+    // At most one per concurrent caller and worker, plus this scrape's.
+    assert!(
+        connections <= 9.0,
+        "{connections} connections for 400 requests"
+    );
+}
+
+#[test]
+fn fan_out_calls_every_upstream_and_gathers_their_answers() {
+    let healthy = spawn(config(&[]));
+    let failing = spawn(config(&["--behaviour", "status=500"]));
+    let down = format!("http://{}/v1/avatar", closed_port());
+    let upstreams = [
+        url(&healthy, "/v1/avatar"),
+        url(&failing, "/v1/avatar"),
+        down.clone(),
+    ];
+    let gateway = gateway(&upstreams, &[]);
+    let response = gateway.get("/v1/user");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = json(&response);
+    let entries = body["upstreams"].as_array().expect("an array");
+    assert_eq!(entries.len(), 3);
+    for (entry, url) in entries.iter().zip(&upstreams) {
+        assert_eq!(entry["url"], url.as_str());
+        assert!(
+            entry["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{entry}"
+        );
+    }
+    assert_eq!(entries[0]["status"], 200);
+    assert_eq!(entries[0]["body"].as_array().map(Vec::len), Some(20));
+    assert_eq!(entries[1]["status"], 500);
+    assert_eq!(entries[1]["body"]["error"], "injected");
+    assert!(entries[2]["status"].is_null() && entries[2]["body"].is_null());
+    assert_eq!(entries[2]["error"], "upstream connection failed");
+
+    // Concurrently, not one after the other: two 300 ms upstreams take about 300 ms.
+    let slow_a = spawn(config(&["--behaviour", "delay=300ms"]));
+    let slow_b = spawn(config(&["--behaviour", "delay=300ms"]));
+    let gateway = self::gateway(
+        &[url(&slow_a, "/v1/avatar"), url(&slow_b, "/v1/avatar")],
+        &[],
+    );
+    let start = Instant::now();
+    assert_eq!(gateway.get("/v1/user").status, 200);
+    assert!(
+        start.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // All down: the failure policy's 502.
+    let dead = self::gateway(&[down.clone(), down], &[]);
+    let response = dead.get("/v1/user");
+    assert_eq!(response.status, 502);
+    assert_eq!(json(&response)["error"], "all upstreams failed");
+}
+
+#[test]
+fn forward_behaviour_passes_the_callers_controls_one_hop_down() {
+    let upstream = spawn(config(&[]));
+    let target = url(&upstream, "/v1/avatar");
+    let forwarding = gateway(std::slice::from_ref(&target), &["--forward-behaviour"]);
+    let by_header = forwarding
+        .request("GET /v1/user HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: status=418\r\n\r\n");
+    assert_eq!(by_header.status, 418);
+    assert_eq!(
+        by_header.body_text(),
+        r#"{"error":"injected","status":418}"#
+    );
+    let by_query = forwarding.get("/v1/user?page=3&status=429&count=2");
+    assert_eq!(by_query.status, 429);
+    let count = forwarding.get("/v1/user?count=2");
+    assert_eq!(json(&count).as_array().map(Vec::len), Some(2));
+    // A control the upstream rejects comes back as its 400.
+    let bad = forwarding.get("/v1/user?delay=soon");
+    assert_eq!(bad.status, 400);
+    assert_eq!(json(&bad)["param"], "delay");
+
+    // Without the flag, the caller's controls go nowhere.
+    let plain = gateway(std::slice::from_ref(&target), &[]);
+    let response = plain.request(
+        "GET /v1/user?status=429 HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: status=418\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 3696);
+}
+
+#[test]
+fn the_gateways_own_behaviour_is_acted_out_before_the_upstream_call() {
+    let upstream = spawn(config(&[]));
+    let target = url(&upstream, "/v1/avatar");
+    let failing = gateway(
+        std::slice::from_ref(&target),
+        &["--behaviour", "status=503"],
+    );
+    assert_eq!(failing.get("/v1/user").status, 503);
+    assert_eq!(upstream_counts(&upstream, "avatar").1, 0.0);
+
+    let slow = gateway(
+        std::slice::from_ref(&target),
+        &["--behaviour", "delay=200ms"],
+    );
+    let start = Instant::now();
+    assert_eq!(slow.get("/v1/user").status, 200);
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert_eq!(upstream_counts(&upstream, "avatar").1, 1.0);
+}
+
+/// A fake upstream on port 0 that answers every connection with `reply` and closes.
+fn fake_upstream(reply: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn malformed_and_cut_off_answers_are_502s_naming_the_kind() {
+    for (reply, kind, error) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nthis is not a header\r\n\r\n"[..],
+            "malformed",
+            "malformed upstream response",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part"[..],
+            "closed",
+            "upstream closed the connection",
+        ),
+        (&b""[..], "closed", "upstream closed the connection"),
+    ] {
+        let addr = fake_upstream(reply);
+        let gateway = gateway(&[format!("http://{addr}/")], &[]);
+        let response = gateway.get("/v1/user");
+        assert_eq!(response.status, 502, "{kind}");
+        let body = json(&response);
+        assert_eq!(body["kind"], kind, "{body}");
+        assert_eq!(body["error"], error, "{body}");
+    }
+}
+
+#[test]
+fn health_readiness_and_metrics_are_served_in_gateway_mode() {
+    let upstream = spawn(config(&[]));
+    let target = url(&upstream, "/v1/avatar");
+    let gateway = gateway(std::slice::from_ref(&target), &[]);
+    assert_eq!(gateway.get("/healthz").status, 200);
+    assert_eq!(gateway.get("/readyz").status, 200);
+    for _ in 0..5 {
+        assert_eq!(gateway.get("/v1/user").status, 200);
+    }
+    let scrape = scrape(&mut gateway.connect());
+    assert_eq!(
+        value(
+            &scrape,
+            "microservice2_requests_total",
+            &[("route", "gateway"), ("method", "GET"), ("status", "200")]
+        ),
+        5.0
+    );
+    let calls = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "microservice2_upstream_request_duration_seconds"
+                && s.labels.get("upstream") == Some(target.as_str())
+                && s.labels.get("outcome") == Some("2xx")
+        })
+        .expect("a 2xx series");
+    match &calls.value {
+        Value::Histogram(buckets) => {
+            assert_eq!(buckets.last().map(|b| b.count), Some(5.0));
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    for kind in ["connect", "timeout", "closed", "malformed", "unavailable"] {
+        assert_eq!(
+            value(
+                &scrape,
+                "microservice2_upstream_errors_total",
+                &[("kind", kind)]
+            ),
+            0.0
+        );
+    }
+}
