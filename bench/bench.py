@@ -7,8 +7,10 @@ Prints a table of medians and ratios against the first server, and writes
 bench/results/<mode>.json plus a section of bench/RESULTS.md with an SVG chart.
 
 Servers ("variants") are given as NAME=KIND[ ARGS...]: KIND is `m2` (this repository's release
-binary, ARGS are its flags), `m2-bin:PATH` (another build of it) or `nginx` (a static file
-with the same body and headers). The first variant is the one the ratios are about.
+binary, ARGS are its flags), `m2-bin:PATH` (another build of it), `nginx` (a static file
+with the same body and headers) or `chain` (`microservice2 gateway`, ARGS its flags, in front
+of a serve-mode upstream; load goes to /v1/user and CPU is also reported per process). The
+first variant is the one the ratios are about.
 """
 
 from __future__ import annotations
@@ -185,6 +187,8 @@ class Variant:
     workdir: tempfile.TemporaryDirectory | None = None
     binary: Path = RELEASE_BIN
     rss_start: int = 0
+    # Kind `chain`: the serve-mode upstream behind the gateway (`proc`).
+    upstream: subprocess.Popen | None = None
 
     @staticmethod
     def parse(spec: str) -> "Variant":
@@ -199,13 +203,26 @@ class Variant:
         if kind.startswith("m2-bin:"):
             variant.binary = Path(kind.split(":", 1)[1]).resolve()
             variant.kind = "m2"
-        elif kind not in ("m2", "nginx"):
+        elif kind not in ("m2", "nginx", "chain"):
             raise SystemExit(f"bench: unknown kind {kind!r} in --variant {spec!r}")
         return variant
 
     def start(self, workers: int) -> None:
         self.port = free_port()
-        if self.kind == "m2":
+        if self.kind == "chain":
+            upstream_port = free_port()
+            self.upstream = subprocess.Popen(
+                [str(self.binary), "--host", "127.0.0.1", "--port", str(upstream_port),
+                 "--workers", str(workers)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            )
+            wait_port(upstream_port, self.upstream)
+            cmd = [str(self.binary), "gateway", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--upstream", f"http://127.0.0.1:{upstream_port}/v1/avatar"]
+            if not any(a.startswith("--workers") for a in self.args):
+                cmd += ["--workers", str(workers)]
+            cmd += self.args
+        elif self.kind == "m2":
             cmd = [str(self.binary), "--host", "127.0.0.1", "--port", str(self.port)]
             if not any(a.startswith("--workers") for a in self.args):
                 cmd += ["--workers", str(workers)]
@@ -229,14 +246,31 @@ class Variant:
         self.rss_start = rss_bytes(self.pids())
 
     def pids(self) -> list[int]:
+        return [pid for group in self.parts().values() for pid in group]
+
+    def parts(self) -> dict[str, list[int]]:
+        """The server's processes by role: a chain has a gateway and an upstream."""
         assert self.proc is not None
-        return process_tree(self.proc.pid)
+        if self.upstream is None:
+            return {"server": process_tree(self.proc.pid)}
+        return {
+            "gateway": process_tree(self.proc.pid),
+            "upstream": process_tree(self.upstream.pid),
+        }
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/avatar"
+        path = "/v1/user" if self.kind == "chain" else "/v1/avatar"
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> None:
+        if self.upstream and self.upstream.poll() is None:
+            self.upstream.send_signal(signal.SIGTERM)
+            try:
+                self.upstream.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.upstream.pid, signal.SIGKILL)
+                self.upstream.wait()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM if self.kind == "m2" else signal.SIGQUIT)
             try:
@@ -323,6 +357,7 @@ def measured(variant: Variant, drive) -> dict:
     """Runs one load round against `variant`, adding its CPU time and RSS."""
     pids = variant.pids()
     cpu_before = cpu_seconds(pids)
+    parts_before = {part: cpu_seconds(group) for part, group in variant.parts().items()}
     samples: list[int] = []
     proc_result: dict = {}
     done = threading.Event()
@@ -341,6 +376,10 @@ def measured(variant: Variant, drive) -> dict:
     cpu_after = cpu_seconds(variant.pids())
     requests = max(proc_result["requests"], 1)
     proc_result["cpu_us_per_request"] = (cpu_after - cpu_before) * 1e6 / requests
+    if len(parts_before) > 1:
+        for part, group in variant.parts().items():
+            used = cpu_seconds(group) - parts_before[part]
+            proc_result[f"cpu_us_per_request_{part}"] = used * 1e6 / requests
     # Idle: right after start, before any load; busy: the peak sampled during this round.
     proc_result["rss_idle_mib"] = variant.rss_start / 2**20
     proc_result["rss_busy_mib"] = (max(samples) if samples else rss_bytes(pids)) / 2**20
@@ -623,6 +662,23 @@ def main() -> int:
         text,
         "",
     ]
+    for name in names:
+        gateway = summary[name].get("cpu_us_per_request_gateway")
+        upstream = summary[name].get("cpu_us_per_request_upstream")
+        if gateway is None or upstream is None:
+            continue
+        line = (
+            f"Chain {name}: CPU per request of the gateway **{gateway:.2f} µs**, of the "
+            f"serve-mode upstream behind it {upstream:.2f} µs: gateway/serve "
+            f"**{gateway / upstream:.2f}x**"
+        )
+        for other in names:
+            direct = summary[other].get("cpu_us_per_request")
+            if other != name and direct and "cpu_us_per_request_gateway" not in summary[other]:
+                line += f"; against {other} served directly ({direct:.2f} µs) {gateway / direct:.2f}x"
+        line += "."
+        print(line)
+        lines += [line, ""]
     for name, cg in report.get("callgrind", {}).items():
         line = (
             f"User-space instructions per request of {name} (callgrind, one worker, 10 "
