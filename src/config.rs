@@ -77,7 +77,8 @@ impl Host {
     name = "microservice2",
     version,
     about = "Answers GET /v1/avatar with the benchmark suite's fixed JSON list of avatars",
-    after_help = "Gateway mode (the suite's microservice 1): microservice2 gateway --help"
+    after_help = "Gateway mode (the suite's microservice 1): microservice2 gateway --help\n\
+                  Health check for containers: microservice2 healthcheck [URL] (default http://127.0.0.1:$M2_PORT/healthz)"
 )]
 pub struct Config {
     /// Address to listen on: an IP address or a name that resolves locally.

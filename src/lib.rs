@@ -7,6 +7,7 @@
 //! - [`server`]: per-core runtimes, `SO_REUSEPORT` listeners, accept loop, graceful shutdown.
 //! - [`fast`]: the hot path: plain avatar GETs answered from pre-rendered bytes, else hyper.
 //! - [`gateway`]: gateway mode (the suite's microservice 1): calls the upstream per request.
+//! - [`healthcheck`]: `microservice2 healthcheck [URL]`, for images without curl.
 //! - [`metrics`]: per-worker counters and histograms, merged into Prometheus text at scrape.
 //! - [`routes`]: (method, path) to response; the only place that knows the URL space.
 //! - [`avatar`]: the seed payload as a template, patched at most once per millisecond per worker.
@@ -18,6 +19,7 @@ pub mod body;
 pub mod config;
 pub mod fast;
 pub mod gateway;
+pub mod healthcheck;
 pub mod metrics;
 pub mod routes;
 pub mod server;

@@ -1,11 +1,13 @@
 //! Entry point: flags to [`Config`], bind, print the `Listening on` line, serve until SIGINT or
-//! SIGTERM. Exit status 0 after a clean shutdown, 1 when the server cannot start, 2 for a bad
+//! SIGTERM (`gateway` as the first argument selects gateway mode; `healthcheck [URL]` probes a
+//! running instance, for container health checks). Exit status 0 after a clean shutdown, 1 when the server cannot start, 2 for a bad
 //! setting, 130 when a second signal cuts the drain short.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use microservice2::config::{ConfigError, LogFormat};
+use microservice2::healthcheck;
 use microservice2::{Config, Server};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::filter::{LevelFilter, Targets};
@@ -16,6 +18,17 @@ use tracing_subscriber::util::SubscriberInitExt;
 const EXIT_FORCED: i32 = 130;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "healthcheck")
+    {
+        let urls: Vec<_> = std::env::args_os().skip(2).collect();
+        if urls.len() > 1 {
+            eprintln!("microservice2: healthcheck takes at most one URL");
+            return ExitCode::from(2);
+        }
+        return healthcheck(urls.into_iter().next());
+    }
     let config = match Config::from_args(std::env::args_os()) {
         Ok(config) => config,
         Err(ConfigError::Info(text)) => {
@@ -35,6 +48,25 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `microservice2 healthcheck [URL]`: 0 when the URL answers 200, 1 when it does not, 2 for
+/// a bad URL.
+fn healthcheck(url: Option<std::ffi::OsString>) -> ExitCode {
+    let url = url.map_or_else(healthcheck::default_url, |url| {
+        url.to_string_lossy().into_owned()
+    });
+    match healthcheck::check(&url) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err @ healthcheck::CheckError::Url { .. }) => {
+            eprintln!("microservice2: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("microservice2: unhealthy: {err}");
             ExitCode::FAILURE
         }
     }

@@ -185,3 +185,65 @@ fn a_second_signal_exits_at_once_without_draining() {
         start.elapsed()
     );
 }
+
+#[test]
+fn gateway_settings_exit_2_naming_the_flag_or_its_m1_or_m2_variable() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 5] = [
+        (&["gateway"], &[("M1_PORT", "abc")], "M1_PORT"),
+        (&["gateway"], &[("M2_PORT", "abc")], "M2_PORT"),
+        (&["gateway"], &[("M2_URL", "ftp://x/")], "--upstream"),
+        (&["gateway"], &[("M2_DOMAIN", "http://a b")], "M2_DOMAIN"),
+        (&["gateway", "--timeout", "0s"], &[], "--timeout"),
+    ];
+    for (args, env, needle) in cases {
+        let output = binary(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
+    }
+}
+
+#[test]
+fn healthcheck_exits_0_on_200_1_otherwise_and_2_for_a_bad_url() {
+    let server = ChildServer::start(&[]);
+    let check = |args: &[&str], env: &[(&str, String)]| {
+        let mut command = binary(&[]);
+        command.arg("healthcheck").args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run healthcheck");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let base = format!("http://{}", server.addr);
+    assert_eq!(check(&[&format!("{base}/healthz")], &[]).0, Some(0));
+    assert_eq!(check(&[&format!("{base}/readyz")], &[]).0, Some(0));
+    // Without a URL: /healthz on 127.0.0.1 at M2_PORT.
+    let port = [("M2_PORT", server.addr.port().to_string())];
+    assert_eq!(check(&[], &port).0, Some(0));
+    let (code, stderr) = check(&[&format!("{base}/nothing")], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("404"), "{stderr}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = closed.local_addr().expect("address");
+    drop(server);
+    let (code, stderr) = check(&[&format!("http://{closed}/healthz")], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    for bad in [
+        &["ftp://x/"][..],
+        &["not a url"][..],
+        &["http://a/", "http://b/"][..],
+    ] {
+        let (code, stderr) = check(bad, &[]);
+        assert_eq!(code, Some(2), "{bad:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{bad:?}: {stderr}");
+    }
+}

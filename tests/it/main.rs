@@ -7,5 +7,6 @@ mod fuzz;
 mod gateway;
 mod hardening;
 mod observability;
+mod packaging;
 mod protocol;
 mod support;
