@@ -305,7 +305,7 @@ impl Config {
     /// Whether every request can take the fast path's fixed answer: no server-wide profile
     /// and no load shedding, which both need each request counted and planned.
     pub fn fast_path_allowed(&self) -> bool {
-        self.profile.is_empty() && self.max_inflight.is_none() && self.gateway.is_none()
+        self.profile.is_empty() && self.max_inflight.is_none()
     }
 
     /// The number of workers to run: the configured count, or the CPUs this process may use
@@ -747,7 +747,7 @@ mod tests {
         let config = parse(&["gateway"]).expect("defaults parse");
         assert_eq!(config.port, 8080);
         assert_eq!(config.path, "/v1/user");
-        assert!(!config.fast_path_allowed());
+        assert!(config.fast_path_allowed());
         let gateway = config.gateway.expect("gateway mode");
         assert_eq!(gateway.upstreams.len(), 1);
         assert_eq!(gateway.upstreams[0].url, "http://127.0.0.1:3000/v1/avatar");

@@ -46,7 +46,8 @@ const HYPER_HEADERS: [&str; 6] = [
 /// What the bytes at the front of a connection's buffer are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
-    /// A complete fast-path request of `len` bytes; `head_only` for HEAD.
+    /// A complete fast-path request of `len` bytes (of the avatar path, or of the gateway's
+    /// path in gateway mode); `head_only` for HEAD.
     Avatar { len: usize, head_only: bool },
     /// The start of a request: read more.
     Partial,
@@ -126,6 +127,20 @@ pub async fn serve(
         let mut hand_over = false;
         loop {
             match classify(&buf, routes.path()) {
+                Head::Avatar { len, head_only } if routes.is_gateway() => {
+                    // Gateway mode: one upstream call per request, in order.
+                    buf.advance(len);
+                    let begun = crate::time::now();
+                    let (bytes, status) = routes.gateway_wire(head_only).await;
+                    let elapsed = crate::time::now().saturating_sub(begun);
+                    let method = [MethodLabel::Get, MethodLabel::Head][usize::from(head_only)];
+                    routes.record(Route::Gateway, method, status, elapsed, 1);
+                    if routes.access_logging() {
+                        let method = ["GET", "HEAD"][usize::from(head_only)];
+                        routes.access(method, routes.path(), status, elapsed, bytes.len() as u64);
+                    }
+                    queue(&mut single, &mut out, bytes);
+                }
                 Head::Avatar { len, head_only } => {
                     buf.advance(len);
                     answered[usize::from(head_only)] += 1;

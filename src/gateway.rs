@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -160,6 +160,8 @@ impl Failure {
 pub struct Gateway {
     client: Client<HttpConnector, Empty<Bytes>>,
     config: GatewayConfig,
+    /// Each upstream's `host` header, made once: the client would format it per request.
+    hosts: Vec<HeaderValue>,
     rng: RefCell<Rng>,
     metrics: Arc<WorkerMetrics>,
     record: bool,
@@ -180,9 +182,18 @@ impl Gateway {
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(config.pool_max_idle)
             .build(connector);
+        let hosts = config
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                let authority = upstream.uri.authority().map_or("", |a| a.as_str());
+                HeaderValue::from_str(authority).expect("a parsed URI's authority is ASCII")
+            })
+            .collect();
         Gateway {
             client,
             config: config.clone(),
+            hosts,
             rng: RefCell::new(rng),
             metrics,
             record,
@@ -226,10 +237,12 @@ impl Gateway {
         deadline: Instant,
     ) -> Result<Reply, Failure> {
         let uri = forward.uri(&upstream.uri);
+        let host = &self.hosts[index];
         let mut attempt = 0;
         loop {
             let start = Instant::now();
-            let result = match tokio::time::timeout_at(deadline, self.once(&uri, forward)).await {
+            let call = self.once(&uri, host, forward);
+            let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
                 Err(_) => Err(Failure {
                     kind: UpstreamError::Timeout,
@@ -250,9 +263,15 @@ impl Gateway {
     }
 
     /// One request to the upstream, its body read whole.
-    async fn once(&self, uri: &Uri, forward: &Forward) -> Result<Reply, Failure> {
+    async fn once(
+        &self,
+        uri: &Uri,
+        host: &HeaderValue,
+        forward: &Forward,
+    ) -> Result<Reply, Failure> {
         let mut request = Request::new(Empty::new());
         *request.uri_mut() = uri.clone();
+        request.headers_mut().insert(HOST, host.clone());
         if let Some(header) = &forward.header {
             request
                 .headers_mut()

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use hyper::header::{
     ALLOW, CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderValue, LOCATION, RETRY_AFTER,
 };
@@ -473,17 +473,66 @@ impl Routes {
         response
     }
 
+    /// Whether this worker serves gateway mode.
+    pub fn is_gateway(&self) -> bool {
+        self.gateway.is_some()
+    }
+
+    /// Gateway mode's fast path: calls the upstream for a plain GET (or HEAD) and returns the
+    /// answer as wire bytes, exactly what hyper would write for it, and its status.
+    pub async fn gateway_wire(&self, head_only: bool) -> (Bytes, u16) {
+        let gateway = self
+            .gateway
+            .as_ref()
+            .expect("the fast path calls gateway_wire only in gateway mode");
+        let _inflight = InflightGuard::new(&self.shared.inflight);
+        let answer = gateway.call(&Forward::default()).await;
+        let status = answer.status;
+        let mut wire = BytesMut::with_capacity(256 + answer.body.len());
+        wire.put_slice(b"HTTP/1.1 ");
+        wire.put_slice(status.as_str().as_bytes());
+        wire.put_u8(b' ');
+        wire.put_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        // The headers of `gateway_headers`, in its order, written straight out.
+        wire.put_slice(b"\r\ncontent-type: ");
+        wire.put_slice(answer.content_type.as_bytes());
+        wire.put_slice(b"\r\nengine: ");
+        wire.put_slice(avatar::ENGINE_VALUE.as_bytes());
+        wire.put_slice(b"\r\nlocation: ");
+        wire.put_slice(self.location.as_bytes());
+        wire.put_slice(b"\r\ndate: ");
+        wire.put_slice(&self.date_now());
+        wire.put_slice(b"\r\n");
+        // No body and no length for the statuses that cannot have one, as hyper does.
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        if !bodiless {
+            wire.put_slice(b"content-length: ");
+            wire.put_slice(itoa::Buffer::new().format(answer.body.len()).as_bytes());
+            wire.put_slice(b"\r\n");
+        }
+        wire.put_slice(b"\r\n");
+        if !head_only && !bodiless {
+            wire.put_slice(&answer.body);
+        }
+        (wire.freeze(), status.as_u16())
+    }
+
+    /// The `date` header's value now, in the configured form.
+    fn date_now(&self) -> Vec<u8> {
+        let now = time::now();
+        match self.date_header {
+            crate::config::DateHeader::Rfc3339 => time::rfc3339_nanos(now).to_vec(),
+            crate::config::DateHeader::Http => time::imf_fixdate(now).to_vec(),
+        }
+    }
+
     /// The gateway's answer headers, in the avatar answer's order: the upstream's content type,
     /// `engine`, `location` (the gateway's path) and `date` in the configured form.
     fn gateway_headers(&self, content_type: HeaderValue) -> HeaderMap {
-        let now = time::now();
-        let date = match self.date_header {
-            crate::config::DateHeader::Rfc3339 => {
-                HeaderValue::from_bytes(&time::rfc3339_nanos(now))
-            }
-            crate::config::DateHeader::Http => HeaderValue::from_bytes(&time::imf_fixdate(now)),
-        }
-        .expect("the time formatters write only visible ASCII");
+        let date = HeaderValue::from_bytes(&self.date_now())
+            .expect("the time formatters write only visible ASCII");
         let mut headers = HeaderMap::with_capacity(5);
         headers.insert(CONTENT_TYPE, content_type);
         headers.insert(avatar::ENGINE, avatar::ENGINE_VALUE);

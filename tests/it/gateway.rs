@@ -503,3 +503,40 @@ fn health_readiness_and_metrics_are_served_in_gateway_mode() {
         );
     }
 }
+
+#[test]
+fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
+    let upstream = spawn(config(&[]));
+    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &[]);
+    // A plain GET takes the fast path; the same GET with a body-length header goes to hyper.
+    for (fast, hyper) in [
+        (
+            "GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n",
+            "GET /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "HEAD /v1/user HTTP/1.1\r\nHost: t\r\n\r\n",
+            "HEAD /v1/user HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n",
+        ),
+    ] {
+        let fast = gateway.request(fast);
+        let hyper = gateway.request(hyper);
+        assert_eq!(fast.status, hyper.status);
+        let names = |r: &RawResponse| r.headers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&fast), names(&hyper));
+        for ((name, fast_value), (_, hyper_value)) in fast.headers.iter().zip(&hyper.headers) {
+            if name != "date" {
+                assert_eq!(fast_value, hyper_value, "{name}");
+            }
+        }
+        if !fast.body.is_empty() {
+            assert_eq!(masked(&fast.body), masked(&hyper.body));
+        }
+    }
+    // Statuses other than 200 too: a missing upstream path passes its 404 through both ways.
+    let missing = self::gateway(&[url(&upstream, "/nothing")], &[]);
+    let fast = missing.get("/v1/user");
+    let hyper = missing.request("GET /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!((fast.status, &fast.body), (hyper.status, &hyper.body));
+    assert_eq!(fast.header("content-type"), hyper.header("content-type"));
+}
