@@ -74,22 +74,7 @@ fn body_parses_as_json_with_twenty_avatars() {
 #[test]
 fn headers_are_the_seeds_in_the_seeds_order() {
     let server = spawn_default();
-    let response = server.get("/v1/avatar");
-    let names: Vec<&str> = response.headers.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "content-type",
-            "engine",
-            "location",
-            "date",
-            "content-length"
-        ]
-    );
-    assert_eq!(response.header("content-type"), Some("application/json"));
-    assert_eq!(response.header("engine"), Some("Rust/Hype"));
-    assert_eq!(response.header("location"), Some("/v1/avatar"));
-    assert_eq!(response.header("content-length"), Some("3696"));
+    server.get("/v1/avatar").assert_seed_headers("/v1/avatar");
 }
 
 #[test]

@@ -125,6 +125,26 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
+    /// Asserts the seed's headers, in the seed's order, for a 3,696-byte avatar answer from
+    /// the path `location`.
+    pub fn assert_seed_headers(&self, location: &str) {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "engine",
+                "location",
+                "date",
+                "content-length"
+            ]
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        assert_eq!(self.header("engine"), Some("Rust/Hype"));
+        assert_eq!(self.header("location"), Some(location));
+        assert_eq!(self.header("content-length"), Some("3696"));
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
