@@ -100,6 +100,7 @@ impl Failure {
         match self.kind {
             UpstreamError::Connect => UpstreamOutcome::Connect,
             UpstreamError::Timeout => UpstreamOutcome::Timeout,
+            // `Unavailable` is an answer (a 502, 503 or 504), never a failure's kind.
             UpstreamError::Closed | UpstreamError::Unavailable => UpstreamOutcome::Closed,
             UpstreamError::Malformed => UpstreamOutcome::Malformed,
         }
