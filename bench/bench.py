@@ -390,18 +390,30 @@ def measured(variant: Variant, drive) -> dict:
 # Instruction counts under callgrind
 
 
-def callgrind_run(binary: Path, requests_wanted: int, connections: int) -> tuple[int, int]:
+def callgrind_run(
+    binary: Path, requests_wanted: int, connections: int, gateway: bool = False
+) -> tuple[int, int]:
     """Runs the server under callgrind with one worker, drives it with wrk until at least
     `requests_wanted` requests were answered (0: none), stops it, and returns
-    (instructions, requests)."""
+    (instructions, requests). With `gateway`, the server under callgrind is
+    `microservice2 gateway`, in front of a serve-mode upstream running natively."""
     port = free_port()
+    upstream = None
+    args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    path = "/v1/avatar"
+    if gateway:
+        upstream_port = free_port()
+        upstream = subprocess.Popen(
+            [str(binary), "--host", "127.0.0.1", "--port", str(upstream_port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        wait_port(upstream_port, upstream)
+        args[1:1] = ["gateway", "--upstream", f"http://127.0.0.1:{upstream_port}/v1/avatar"]
+        path = "/v1/user"
     with tempfile.TemporaryDirectory(prefix="m2-callgrind-") as tmp:
         out = Path(tmp) / "callgrind.out"
         proc = subprocess.Popen(
-            [
-                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                str(binary), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            ],
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         try:
@@ -409,7 +421,7 @@ def callgrind_run(binary: Path, requests_wanted: int, connections: int) -> tuple
             served = 0
             while served < requests_wanted:
                 got = run_wrk(
-                    f"http://127.0.0.1:{port}/v1/avatar",
+                    f"http://127.0.0.1:{port}{path}",
                     ["-t1", f"-c{connections}", "-d5s", "--timeout", "10s"], None, [],
                 )
                 if got["non_2xx"] or got["socket_errors"]:
@@ -420,6 +432,9 @@ def callgrind_run(binary: Path, requests_wanted: int, connections: int) -> tuple
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
+            if upstream is not None:
+                upstream.send_signal(signal.SIGTERM)
+                upstream.wait(timeout=30)
         total = 0
         for line in out.read_text().splitlines():
             if line.startswith("summary:") or line.startswith("totals:"):
@@ -428,9 +443,9 @@ def callgrind_run(binary: Path, requests_wanted: int, connections: int) -> tuple
         return total, served
 
 
-def instructions_per_request(binary: Path, requests: int) -> dict:
-    base, _ = callgrind_run(binary, 0, 10)
-    loaded, served = callgrind_run(binary, requests, 10)
+def instructions_per_request(binary: Path, requests: int, gateway: bool = False) -> dict:
+    base, _ = callgrind_run(binary, 0, 10, gateway)
+    loaded, served = callgrind_run(binary, requests, 10, gateway)
     return {
         "instructions_total": loaded,
         "instructions_startup_shutdown": base,
@@ -623,11 +638,11 @@ def main() -> int:
     if opts.callgrind:
         report["callgrind"] = {}
         for variant in variants:
-            if variant.kind != "m2" or variant.args:
+            if variant.kind not in ("m2", "chain") or variant.args:
                 continue  # callgrind runs the binary with its defaults and one worker
             print(f"callgrind: instructions per request of {variant.name}...", flush=True)
             report["callgrind"][variant.name] = instructions_per_request(
-                variant.binary, opts.callgrind
+                variant.binary, opts.callgrind, gateway=variant.kind == "chain"
             )
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -662,6 +677,7 @@ def main() -> int:
         text,
         "",
     ]
+    chains = {v.name for v in variants if v.kind == "chain"}
     for name in names:
         gateway = summary[name].get("cpu_us_per_request_gateway")
         upstream = summary[name].get("cpu_us_per_request_upstream")
@@ -680,8 +696,9 @@ def main() -> int:
         print(line)
         lines += [line, ""]
     for name, cg in report.get("callgrind", {}).items():
+        who = f"{name}'s gateway (upstream native)" if name in chains else name
         line = (
-            f"User-space instructions per request of {name} (callgrind, one worker, 10 "
+            f"User-space instructions per request of {who} (callgrind, one worker, 10 "
             f"keep-alive connections, {cg['requests']:,} requests, start-up and shutdown "
             f"subtracted): **{cg['instructions_per_request']:,.0f}**."
         )
