@@ -320,8 +320,6 @@ impl Config {
 /// Gateway mode's defaults: the suite's microservice 1 listens on 8080 and serves `/v1/user`.
 pub const GATEWAY_PORT: &str = "8080";
 pub const GATEWAY_PATH: &str = "/v1/user";
-/// The suite's callers give up on microservice 2 after a second.
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// In gateway mode the `M2_*` variables describe the upstream, so the gateway's own settings
 /// read `M1_*` ones: (argument, variable).

@@ -17,12 +17,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::behaviour::Rng;
+use crate::behaviour::parse as behaviour;
 use crate::config::{GatewayConfig, Upstream};
 use crate::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
 use crate::routes::BEHAVIOUR_HEADER;
-
-/// The query keys of behaviour controls, the ones `--forward-behaviour` passes on.
-const BEHAVIOUR_KEYS: [&str; 7] = ["delay", "status", "fault", "count", "drip", "rate", "seed"];
 
 /// Backoff doubles at most this many times (10 ms base: about 10 s), however many retries.
 const MAX_BACKOFF_DOUBLINGS: u32 = 10;
@@ -44,7 +42,7 @@ impl Forward {
                 .split('&')
                 .filter(|pair| {
                     let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
-                    BEHAVIOUR_KEYS.contains(&key)
+                    behaviour::KEYS.contains(&key)
                 })
                 .collect();
             (!pairs.is_empty()).then(|| pairs.join("&"))
@@ -199,6 +197,11 @@ impl Gateway {
             metrics,
             record,
         }
+    }
+
+    /// Whether the caller's behaviour goes on to the upstream (`--forward-behaviour`).
+    pub fn forwards_behaviour(&self) -> bool {
+        self.config.forward_behaviour
     }
 
     /// Calls the upstream(s) for one request and says what to answer.

@@ -1,7 +1,7 @@
 //! Entry point: flags to [`Config`], bind, print the `Listening on` line, serve until SIGINT or
 //! SIGTERM (`gateway` as the first argument selects gateway mode; `healthcheck [URL]` probes a
-//! running instance, for container health checks). Exit status 0 after a clean shutdown, 1 when the server cannot start, 2 for a bad
-//! setting, 130 when a second signal cuts the drain short.
+//! running instance, for container health checks). Exit status 0 after a clean shutdown, 1 when
+//! the server cannot start, 2 for a bad setting, 130 when a second signal cuts the drain short.
 
 use std::io::Write;
 use std::process::ExitCode;

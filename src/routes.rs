@@ -122,8 +122,6 @@ pub struct Routes {
     lists: RefCell<Vec<(u32, Bytes)>>,
     /// Gateway mode: the path calls the upstream instead of answering avatars.
     gateway: Option<Gateway>,
-    /// Gateway mode: pass the caller's behaviour on (`--forward-behaviour`).
-    forward_behaviour: bool,
     location: HeaderValue,
     date_header: crate::config::DateHeader,
 }
@@ -162,10 +160,6 @@ impl Routes {
             access_log: config.access_log.then_some(config.access_log_sample),
             rng: RefCell::new(rng),
             lists: RefCell::new(Vec::new()),
-            forward_behaviour: config
-                .gateway
-                .as_ref()
-                .is_some_and(|gateway| gateway.forward_behaviour),
             gateway,
             location,
             date_header: config.date_header,
@@ -348,7 +342,11 @@ impl Routes {
             Admission::Admitted(guard) => guard,
             Admission::Shed => return Reply::now(overloaded()),
         };
-        let forward = if self.forward_behaviour {
+        let forwards = self
+            .gateway
+            .as_ref()
+            .is_some_and(Gateway::forwards_behaviour);
+        let forward = if forwards {
             Forward::of(request)
         } else {
             Forward::default()
@@ -501,7 +499,7 @@ impl Routes {
         wire.put_slice(b"\r\nlocation: ");
         wire.put_slice(self.location.as_bytes());
         wire.put_slice(b"\r\ndate: ");
-        wire.put_slice(&self.date_now());
+        self.put_date(&mut wire);
         wire.put_slice(b"\r\n");
         // No body and no length for the statuses that cannot have one, as hyper does.
         let bodiless = status.is_informational()
@@ -519,19 +517,21 @@ impl Routes {
         (wire.freeze(), status.as_u16())
     }
 
-    /// The `date` header's value now, in the configured form.
-    fn date_now(&self) -> Vec<u8> {
+    /// Appends the `date` header's value now, in the configured form.
+    fn put_date(&self, out: &mut BytesMut) {
         let now = time::now();
         match self.date_header {
-            crate::config::DateHeader::Rfc3339 => time::rfc3339_nanos(now).to_vec(),
-            crate::config::DateHeader::Http => time::imf_fixdate(now).to_vec(),
+            crate::config::DateHeader::Rfc3339 => out.put_slice(&time::rfc3339_nanos(now)),
+            crate::config::DateHeader::Http => out.put_slice(&time::imf_fixdate(now)),
         }
     }
 
     /// The gateway's answer headers, in the avatar answer's order: the upstream's content type,
     /// `engine`, `location` (the gateway's path) and `date` in the configured form.
     fn gateway_headers(&self, content_type: HeaderValue) -> HeaderMap {
-        let date = HeaderValue::from_bytes(&self.date_now())
+        let mut date = BytesMut::with_capacity(40);
+        self.put_date(&mut date);
+        let date = HeaderValue::from_maybe_shared(date.freeze())
             .expect("the time formatters write only visible ASCII");
         let mut headers = HeaderMap::with_capacity(5);
         headers.insert(CONTENT_TYPE, content_type);

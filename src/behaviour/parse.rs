@@ -63,6 +63,9 @@ pub enum Delay {
     },
 }
 
+/// Every control's key, as the header, the query and `--behaviour` spell it.
+pub const KEYS: [&str; 7] = ["delay", "status", "fault", "count", "drip", "rate", "seed"];
+
 /// The parsed controls of one source; `None` means "not set here".
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Controls {
@@ -109,7 +112,7 @@ impl Controls {
                 other => {
                     return Err(BehaviourError::new(
                         other,
-                        "one of delay, status, fault, count, drip, rate, seed",
+                        format!("one of {}", KEYS.join(", ")),
                     ));
                 }
             }
@@ -376,6 +379,18 @@ mod tests {
 
     fn strict(text: &str) -> Result<Controls, BehaviourError> {
         Controls::parse(text, &Limits::default(), Unknown::Reject)
+    }
+
+    #[test]
+    fn every_listed_key_is_one_the_parser_knows() {
+        for key in KEYS {
+            // A bad value is blamed on the key itself, not reported as an unknown key.
+            let err = strict(&format!("{key}=!")).expect_err("'!' is no control's value");
+            assert_eq!(err.param, key);
+        }
+        let unknown = strict("colour=blue").expect_err("an unknown key");
+        assert_eq!(unknown.param, "colour");
+        assert!(KEYS.iter().all(|key| unknown.expected.contains(key)));
     }
 
     fn error_param(text: &str) -> String {
