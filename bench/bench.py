@@ -391,12 +391,14 @@ def measured(variant: Variant, drive) -> dict:
 
 
 def callgrind_run(
-    binary: Path, requests_wanted: int, connections: int, gateway: bool = False
+    binary: Path, requests_wanted: int, connections: int, gateway: bool = False,
+    gateway_args: list[str] | None = None,
 ) -> tuple[int, int]:
     """Runs the server under callgrind with one worker, drives it with wrk until at least
     `requests_wanted` requests were answered (0: none), stops it, and returns
     (instructions, requests). With `gateway`, the server under callgrind is
-    `microservice2 gateway`, in front of a serve-mode upstream running natively."""
+    `microservice2 gateway` (with `gateway_args`), in front of a serve-mode upstream running
+    natively."""
     port = free_port()
     upstream = None
     args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -408,7 +410,8 @@ def callgrind_run(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         wait_port(upstream_port, upstream)
-        args[1:1] = ["gateway", "--upstream", f"http://127.0.0.1:{upstream_port}/v1/avatar"]
+        args[1:1] = ["gateway", "--upstream", f"http://127.0.0.1:{upstream_port}/v1/avatar",
+                     *(gateway_args or [])]
         path = "/v1/user"
     with tempfile.TemporaryDirectory(prefix="m2-callgrind-") as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -443,9 +446,11 @@ def callgrind_run(
         return total, served
 
 
-def instructions_per_request(binary: Path, requests: int, gateway: bool = False) -> dict:
-    base, _ = callgrind_run(binary, 0, 10, gateway)
-    loaded, served = callgrind_run(binary, requests, 10, gateway)
+def instructions_per_request(
+    binary: Path, requests: int, gateway: bool = False, gateway_args: list[str] | None = None
+) -> dict:
+    base, _ = callgrind_run(binary, 0, 10, gateway, gateway_args)
+    loaded, served = callgrind_run(binary, requests, 10, gateway, gateway_args)
     return {
         "instructions_total": loaded,
         "instructions_startup_shutdown": base,
@@ -638,11 +643,16 @@ def main() -> int:
     if opts.callgrind:
         report["callgrind"] = {}
         for variant in variants:
-            if variant.kind not in ("m2", "chain") or variant.args:
-                continue  # callgrind runs the binary with its defaults and one worker
+            # Serve mode runs under callgrind with its defaults and one worker; a chain's
+            # gateway with its flags (the client, say) and one worker.
+            chain = variant.kind == "chain"
+            if variant.kind not in ("m2", "chain") or (variant.args and not chain):
+                continue
+            if any(a.startswith("--workers") for a in variant.args):
+                continue
             print(f"callgrind: instructions per request of {variant.name}...", flush=True)
             report["callgrind"][variant.name] = instructions_per_request(
-                variant.binary, opts.callgrind, gateway=variant.kind == "chain"
+                variant.binary, opts.callgrind, gateway=chain, gateway_args=variant.args
             )
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

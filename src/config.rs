@@ -402,6 +402,20 @@ struct GatewayArgs {
     /// Pass the caller's x-m2-behaviour header and behaviour query parameters to the upstream.
     #[arg(long)]
     forward_behaviour: bool,
+
+    /// HTTP/1.1 client for upstream calls: hyper-util's pooled client, or the lean built-in one
+    /// (same pooling and failure policy, about half the CPU per call).
+    #[arg(long, env = "M1_CLIENT", value_name = "CLIENT", value_enum, default_value_t = ClientKind::HyperUtil)]
+    client: ClientKind,
+}
+
+/// The HTTP/1.1 client the gateway calls its upstreams with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// hyper-util's pooled client (`client::legacy::Client`).
+    HyperUtil,
+    /// The gateway's own keep-alive client (`microservice2::client`).
+    Lean,
 }
 
 impl GatewayArgs {
@@ -430,6 +444,7 @@ impl GatewayArgs {
             retry_backoff: self.retry_backoff,
             pool_max_idle: self.pool_max_idle,
             forward_behaviour: self.forward_behaviour,
+            client: self.client,
         })
     }
 }
@@ -444,6 +459,7 @@ pub struct GatewayConfig {
     pub retry_backoff: Duration,
     pub pool_max_idle: usize,
     pub forward_behaviour: bool,
+    pub client: ClientKind,
 }
 
 /// One upstream: the URL as given and as parsed.
@@ -485,14 +501,17 @@ fn one_line(err: &clap::Error, command: &Command) -> String {
     let rendered = err.render().to_string();
     let first = rendered.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    let env = match err.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => env_name_of(arg, command),
-        _ => None,
-    };
-    match env {
-        Some(env) => format!("{first} (flag or env {env})"),
-        None => first.to_owned(),
+    let mut line = first.to_owned();
+    // Clap lists the accepted values of a choice on a line of its own: keep them on this one.
+    if let Some(ContextValue::Strings(values)) = err.get(ContextKind::ValidValue) {
+        line.push_str(&format!("; expected one of: {}", values.join(", ")));
     }
+    if let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) {
+        if let Some(env) = env_name_of(arg, command) {
+            line.push_str(&format!(" (flag or env {env})"));
+        }
+    }
+    line
 }
 
 /// The environment variable of the argument clap renders as `arg` (`--port <PORT>`).
@@ -753,7 +772,10 @@ mod tests {
         assert_eq!(gateway.retries, 0);
         assert_eq!(gateway.retry_backoff, Duration::from_millis(10));
         assert!(!gateway.forward_behaviour);
+        assert_eq!(gateway.client, ClientKind::HyperUtil);
         assert!(parse(&[]).expect("serve mode").gateway.is_none());
+        let lean = parse(&["gateway", "--client", "lean"]).expect("lean client");
+        assert_eq!(lean.gateway.map(|g| g.client), Some(ClientKind::Lean));
     }
 
     #[test]
@@ -825,6 +847,10 @@ mod tests {
                 &["--pool-max-idle"][..],
             ),
             (
+                &["gateway", "--client", "curl"][..],
+                &["--client", "M1_CLIENT", "hyper-util", "lean"][..],
+            ),
+            (
                 &["gateway", "--behaviour", "count=3"][..],
                 &["count", "M1_BEHAVIOUR"][..],
             ),
@@ -847,6 +873,7 @@ mod tests {
                     "--timeout",
                     "--retries",
                     "--forward-behaviour",
+                    "--client",
                     "M1_PORT",
                 ] {
                     assert!(text.contains(flag), "{flag} missing from:\n{text}");

@@ -1,6 +1,7 @@
 //! Gateway mode: the suite's "microservice 1". Each request on the gateway's path becomes a
 //! call to the upstream (or to several at once) over a pooled keep-alive HTTP/1.1 client, one
-//! pool per worker, with a deadline, retries and answers that name what went wrong.
+//! pool per worker, with a deadline, retries and answers that name what went wrong. The client
+//! is hyper-util's pooled one, or with `--client lean` the leaner one in [`crate::client`].
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -18,7 +19,10 @@ use tokio::time::Instant;
 
 use crate::behaviour::Rng;
 use crate::behaviour::parse as behaviour;
-use crate::config::{GatewayConfig, Upstream};
+use crate::client;
+/// One upstream's answer, read whole (by either client).
+use crate::client::Response as Reply;
+use crate::config::{ClientKind, GatewayConfig, Upstream};
 use crate::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
 use crate::routes::BEHAVIOUR_HEADER;
 
@@ -78,19 +82,25 @@ pub struct Answer {
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// One upstream's answer, read whole.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    content_type: Option<HeaderValue>,
-    body: Bytes,
-}
-
 /// Why a call gave no answer, with the cause as text.
 #[derive(Debug)]
 struct Failure {
     kind: UpstreamError,
     cause: String,
+}
+
+impl From<client::Error> for Failure {
+    fn from(err: client::Error) -> Failure {
+        let kind = match err.kind {
+            client::ErrorKind::Connect => UpstreamError::Connect,
+            client::ErrorKind::Closed => UpstreamError::Closed,
+            client::ErrorKind::Malformed => UpstreamError::Malformed,
+        };
+        Failure {
+            kind,
+            cause: err.cause,
+        }
+    }
 }
 
 impl Failure {
@@ -154,10 +164,74 @@ impl Failure {
     }
 }
 
+/// The lean client's pool and what it sends each upstream.
+#[derive(Debug)]
+struct Lean {
+    pool: client::Pool,
+    targets: Vec<client::Target>,
+    /// Each upstream's request without forwarded behaviour, written once.
+    requests: Vec<Bytes>,
+}
+
+impl Lean {
+    fn new(config: &GatewayConfig, hosts: &[HeaderValue]) -> Lean {
+        let targets = config
+            .upstreams
+            .iter()
+            .map(|upstream| client::Target {
+                host: upstream
+                    .uri
+                    .host()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port: upstream.uri.port_u16().unwrap_or(80),
+            })
+            .collect();
+        let requests = config
+            .upstreams
+            .iter()
+            .zip(hosts)
+            .map(|(upstream, host)| request_head(&upstream.uri, host, None))
+            .collect();
+        Lean {
+            pool: client::Pool::new(config.upstreams.len(), config.pool_max_idle),
+            targets,
+            requests,
+        }
+    }
+}
+
+/// A GET request's head as the lean client sends it: what hyper's client would write.
+fn request_head(uri: &Uri, host: &HeaderValue, behaviour: Option<&HeaderValue>) -> Bytes {
+    let target = uri.path_and_query().map_or("/", |target| target.as_str());
+    let mut head = Vec::with_capacity(64 + target.len());
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(host.as_bytes());
+    if let Some(value) = behaviour {
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(BEHAVIOUR_HEADER.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+    }
+    head.extend_from_slice(b"\r\n\r\n");
+    Bytes::from(head)
+}
+
+/// The HTTP/1.1 client a worker calls its upstreams with (`--client`).
+#[derive(Debug)]
+enum Caller {
+    HyperUtil(Client<HttpConnector, Empty<Bytes>>),
+    Lean(Lean),
+}
+
 /// One worker's gateway: its connection pool and the upstreams it calls.
 #[derive(Debug)]
 pub struct Gateway {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    caller: Caller,
     config: GatewayConfig,
     /// Each upstream's `host` header, made once: the client would format it per request.
     hosts: Vec<HeaderValue>,
@@ -174,14 +248,7 @@ impl Gateway {
         record: bool,
         rng: Rng,
     ) -> Gateway {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .build(connector);
-        let hosts = config
+        let hosts: Vec<HeaderValue> = config
             .upstreams
             .iter()
             .map(|upstream| {
@@ -189,8 +256,21 @@ impl Gateway {
                 HeaderValue::from_str(authority).expect("a parsed URI's authority is ASCII")
             })
             .collect();
+        let caller = match config.client {
+            ClientKind::HyperUtil => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(config.timeout));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_max_idle_per_host(config.pool_max_idle)
+                    .build(connector);
+                Caller::HyperUtil(client)
+            }
+            ClientKind::Lean => Caller::Lean(Lean::new(config, &hosts)),
+        };
         Gateway {
-            client,
+            caller,
             config: config.clone(),
             hosts,
             rng: RefCell::new(rng),
@@ -245,7 +325,7 @@ impl Gateway {
         let mut attempt = 0;
         loop {
             let start = Instant::now();
-            let call = self.once(&uri, host, forward);
+            let call = self.once(index, &uri, host, forward);
             let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
                 Err(_) => Err(Failure {
@@ -269,34 +349,25 @@ impl Gateway {
     /// One request to the upstream, its body read whole.
     async fn once(
         &self,
+        index: usize,
         uri: &Uri,
         host: &HeaderValue,
         forward: &Forward,
     ) -> Result<Reply, Failure> {
-        let mut request = Request::new(Empty::new());
-        *request.uri_mut() = uri.clone();
-        request.headers_mut().insert(HOST, host.clone());
-        if let Some(header) = &forward.header {
-            request
-                .headers_mut()
-                .insert(BEHAVIOUR_HEADER, header.clone());
+        match &self.caller {
+            Caller::HyperUtil(client) => hyper_util_once(client, uri, host, forward).await,
+            Caller::Lean(lean) => {
+                let forwarded;
+                let request = if forward.header.is_none() && forward.query.is_none() {
+                    &lean.requests[index]
+                } else {
+                    forwarded = request_head(uri, host, forward.header.as_ref());
+                    &forwarded
+                };
+                let target = &lean.targets[index];
+                Ok(lean.pool.send(index, target, request).await?)
+            }
         }
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|err| Failure::of(&err, err.is_connect()))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|err| Failure::of(&err, false))?
-            .to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-            body,
-        })
     }
 
     /// Records one attempt; says whether it is worth retrying (a connect error, or a 502,
@@ -334,6 +405,38 @@ impl Gateway {
         let jitter = self.rng.borrow_mut().next_f64();
         full.mul_f64(0.5 + 0.5 * jitter)
     }
+}
+
+/// One request through hyper-util's pooled client, its body read whole.
+async fn hyper_util_once(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    uri: &Uri,
+    host: &HeaderValue,
+    forward: &Forward,
+) -> Result<Reply, Failure> {
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = uri.clone();
+    request.headers_mut().insert(HOST, host.clone());
+    if let Some(header) = &forward.header {
+        request
+            .headers_mut()
+            .insert(BEHAVIOUR_HEADER, header.clone());
+    }
+    let response = client
+        .request(request)
+        .await
+        .map_err(|err| Failure::of(&err, err.is_connect()))?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|err| Failure::of(&err, false))?
+        .to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+        body,
+    })
 }
 
 /// The answer for a single upstream's failure: 504 for a timeout, else 502, naming the cause.
@@ -455,6 +558,44 @@ mod tests {
             );
         }
         request
+    }
+
+    #[test]
+    fn the_lean_client_writes_what_hyper_would_to_bare_hosts_and_ports() {
+        let config = GatewayConfig {
+            upstreams: vec![
+                upstream("http://[::1]:3000/v1/avatar?count=2"),
+                upstream("http://m2"),
+            ],
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            retry_backoff: Duration::from_millis(10),
+            pool_max_idle: 1,
+            forward_behaviour: true,
+            client: ClientKind::Lean,
+        };
+        let hosts = [
+            HeaderValue::from_static("[::1]:3000"),
+            HeaderValue::from_static("m2"),
+        ];
+        let lean = Lean::new(&config, &hosts);
+        let targets: Vec<(&str, u16)> = lean
+            .targets
+            .iter()
+            .map(|target| (target.host.as_str(), target.port))
+            .collect();
+        assert_eq!(targets, [("::1", 3000), ("m2", 80)]);
+        assert_eq!(
+            &lean.requests[0][..],
+            b"GET /v1/avatar?count=2 HTTP/1.1\r\nhost: [::1]:3000\r\n\r\n"
+        );
+        assert_eq!(&lean.requests[1][..], b"GET / HTTP/1.1\r\nhost: m2\r\n\r\n");
+        let forward = Forward::of(&get("/v1/user?status=503", Some("delay=1ms")));
+        let uri = forward.uri(&config.upstreams[1].uri);
+        assert_eq!(
+            &request_head(&uri, &hosts[1], forward.header.as_ref())[..],
+            b"GET /?status=503 HTTP/1.1\r\nhost: m2\r\nx-m2-behaviour: delay=1ms\r\n\r\n"
+        );
     }
 
     #[test]

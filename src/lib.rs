@@ -7,6 +7,7 @@
 //! - [`server`]: per-core runtimes, `SO_REUSEPORT` listeners, accept loop, graceful shutdown.
 //! - [`fast`]: the hot path: plain avatar GETs answered from pre-rendered bytes, else hyper.
 //! - [`gateway`]: gateway mode (the suite's microservice 1): calls the upstream per request.
+//! - [`client`]: the gateway's lean HTTP/1.1 keep-alive client (`--client lean`).
 //! - [`healthcheck`]: `microservice2 healthcheck [URL]`, for images without curl.
 //! - [`metrics`]: per-worker counters and histograms, merged into Prometheus text at scrape.
 //! - [`routes`]: (method, path) to response; the only place that knows the URL space.
@@ -16,6 +17,7 @@
 pub mod avatar;
 pub mod behaviour;
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod fast;
 pub mod gateway;

@@ -18,7 +18,7 @@ fn listening_line_shows_the_real_port_and_the_port_answers() {
 fn each_bad_setting_exits_2_with_one_line_naming_it() {
     /// Flags, environment variables, and the name the message must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 18] = [
+    let cases: [Case<'_>; 19] = [
         (&["--port", "70000"], &[], "--port"),
         (&[], &[("M2_PORT", "abc")], "M2_PORT"),
         (&["--path", "v1/avatar"], &[], "--path"),
@@ -46,6 +46,7 @@ fn each_bad_setting_exits_2_with_one_line_naming_it() {
         (&["gateway"], &[("M2_URL", "ftp://x/")], "--upstream"),
         (&["gateway"], &[("M2_DOMAIN", "http://a b")], "M2_DOMAIN"),
         (&["gateway", "--timeout", "0s"], &[], "--timeout"),
+        (&["gateway"], &[("M1_CLIENT", "curl")], "M1_CLIENT"),
     ];
     for (args, env, needle) in cases {
         let output = binary(args)

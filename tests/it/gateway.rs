@@ -4,6 +4,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use microservice2::avatar::CREATED_AT_OFFSET;
@@ -19,9 +21,42 @@ fn masked(body: &[u8]) -> Vec<u8> {
     body
 }
 
-/// A gateway on port 0 in front of `upstreams` (URLs), with extra flags.
-fn gateway(upstreams: &[String], extra: &[&str]) -> TestServer {
-    let mut args = vec!["gateway"];
+/// Tests of what does not depend on the HTTP client run with the default one.
+const DEFAULT_CLIENT: &str = "hyper-util";
+
+/// Tests of calls to the upstream, run once per `--client`: each becomes `hyper_util::NAME`
+/// and `lean::NAME`.
+macro_rules! with_each_client {
+    ($($test:ident),* $(,)?) => {
+        mod hyper_util {
+            $(#[test] fn $test() { super::$test("hyper-util") })*
+        }
+        mod lean {
+            $(#[test] fn $test() { super::$test("lean") })*
+        }
+    };
+}
+
+with_each_client!(
+    the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers,
+    the_suites_environment_variables_name_the_gateway_and_its_upstream,
+    a_refused_connection_is_a_502_naming_the_cause_within_100_ms,
+    an_upstream_slower_than_the_timeout_is_a_504_at_the_timeout,
+    retries_recover_from_an_upstream_answering_503_half_the_time,
+    retries_stop_at_the_overall_timeout,
+    keep_alive_connections_to_the_upstream_are_reused,
+    fan_out_calls_every_upstream_and_gathers_their_answers,
+    forward_behaviour_passes_the_callers_controls_one_hop_down,
+    malformed_and_cut_off_answers_are_502s_naming_the_kind,
+    health_readiness_and_metrics_are_served_in_gateway_mode,
+    chunked_close_delimited_and_informational_answers_are_read_whole,
+    a_connection_the_upstream_closed_while_idle_is_replaced_unseen,
+    an_answer_saying_connection_close_is_not_reused,
+);
+
+/// A gateway on port 0 using `client` in front of `upstreams` (URLs), with extra flags.
+fn gateway(client: &str, upstreams: &[String], extra: &[&str]) -> TestServer {
+    let mut args = vec!["gateway", "--client", client];
     for url in upstreams {
         args.extend(["--upstream", url.as_str()]);
     }
@@ -57,10 +92,9 @@ fn upstream_counts(upstream: &TestServer, route: &str) -> (f64, f64) {
     )
 }
 
-#[test]
-fn the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers() {
+fn the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers(client: &str) {
     let upstream = spawn(config(&[]));
-    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &[]);
+    let gateway = gateway(client, &[url(&upstream, "/v1/avatar")], &[]);
     let direct = upstream.get("/v1/avatar");
     let through = gateway.get("/v1/user");
     assert_eq!(through.status, 200);
@@ -72,11 +106,7 @@ fn the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers() 
     assert!(date.ends_with("+00:00"), "{date}");
 
     // Whatever the upstream says passes on: its status, body and content type.
-    let missing = spawn(config(&[
-        "gateway",
-        "--upstream",
-        &url(&upstream, "/nothing"),
-    ]));
+    let missing = self::gateway(client, &[url(&upstream, "/nothing")], &[]);
     let response = missing.get("/v1/user");
     assert_eq!(response.status, 404);
     assert_eq!(response.body, b"Not found");
@@ -92,18 +122,23 @@ fn the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers() 
 
 #[test]
 fn the_date_header_option_applies_to_the_gateway_too() {
+    let client = DEFAULT_CLIENT;
     let upstream = spawn(config(&[]));
-    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &["--date-header", "http"]);
+    let gateway = gateway(
+        client,
+        &[url(&upstream, "/v1/avatar")],
+        &["--date-header", "http"],
+    );
     let date = gateway.get("/v1/user").header("date").map(str::to_owned);
     let date = date.expect("date");
     assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
 }
 
-#[test]
-fn the_suites_environment_variables_name_the_gateway_and_its_upstream() {
+fn the_suites_environment_variables_name_the_gateway_and_its_upstream(client: &str) {
     let upstream = spawn(config(&[]));
     let mut command = binary(&["gateway", "--workers", "1"]);
     command
+        .env("M1_CLIENT", client)
         .env("M1_DOMAIN", "127.0.0.1")
         .env("M1_PORT", "0")
         .env("M1_PATH", "/v1/user")
@@ -119,10 +154,9 @@ fn the_suites_environment_variables_name_the_gateway_and_its_upstream() {
     assert_eq!(upstream_counts(&upstream, "avatar").1, 1.0);
 }
 
-#[test]
-fn a_refused_connection_is_a_502_naming_the_cause_within_100_ms() {
+fn a_refused_connection_is_a_502_naming_the_cause_within_100_ms(client: &str) {
     let down = format!("http://{}/v1/avatar", closed_port());
-    let gateway = gateway(std::slice::from_ref(&down), &[]);
+    let gateway = gateway(client, std::slice::from_ref(&down), &[]);
     let mut client = gateway.connect();
     for _ in 0..3 {
         let start = Instant::now();
@@ -153,8 +187,7 @@ fn a_refused_connection_is_a_502_naming_the_cause_within_100_ms() {
     );
 }
 
-#[test]
-fn an_upstream_slower_than_the_timeout_is_a_504_at_the_timeout() {
+fn an_upstream_slower_than_the_timeout_is_a_504_at_the_timeout(client: &str) {
     let upstream = spawn(config(&[
         "--behaviour",
         "delay=2s",
@@ -162,7 +195,11 @@ fn an_upstream_slower_than_the_timeout_is_a_504_at_the_timeout() {
         "100ms",
     ]));
     let target = url(&upstream, "/v1/avatar");
-    let gateway = gateway(std::slice::from_ref(&target), &["--timeout", "300ms"]);
+    let gateway = gateway(
+        client,
+        std::slice::from_ref(&target),
+        &["--timeout", "300ms"],
+    );
     let start = Instant::now();
     let response = gateway.get("/v1/user");
     let elapsed = start.elapsed();
@@ -202,9 +239,14 @@ fn an_upstream_slower_than_the_timeout_is_a_504_at_the_timeout() {
 }
 
 /// Answers of a gateway in front of an upstream failing half its requests with 503.
-fn statuses_behind_flaky_upstream(retries: &str, requests: usize) -> (usize, TestServer) {
+fn statuses_behind_flaky_upstream(
+    client: &str,
+    retries: &str,
+    requests: usize,
+) -> (usize, TestServer) {
     let upstream = spawn(config(&["--behaviour", "status=503:50", "--seed", "7"]));
     let gateway = gateway(
+        client,
         &[url(&upstream, "/v1/avatar")],
         &["--retries", retries, "--retry-backoff", "1ms"],
     );
@@ -222,15 +264,14 @@ fn statuses_behind_flaky_upstream(retries: &str, requests: usize) -> (usize, Tes
     (ok, gateway)
 }
 
-#[test]
-fn retries_recover_from_an_upstream_answering_503_half_the_time() {
-    let (without, _) = statuses_behind_flaky_upstream("0", 200);
+fn retries_recover_from_an_upstream_answering_503_half_the_time(client: &str) {
+    let (without, _) = statuses_behind_flaky_upstream(client, "0", 200);
     assert!(
         (60..=140).contains(&without),
         "{without} of 200 without retries"
     );
     // Six retries fail only when seven tries in a row do: 1 in 128.
-    let (with, gateway) = statuses_behind_flaky_upstream("6", 200);
+    let (with, gateway) = statuses_behind_flaky_upstream(client, "6", 200);
     assert!(with >= 192, "{with} of 200 with retries");
     let scrape = scrape(&mut gateway.connect());
     let unavailable = value(
@@ -244,10 +285,10 @@ fn retries_recover_from_an_upstream_answering_503_half_the_time() {
     );
 }
 
-#[test]
-fn retries_stop_at_the_overall_timeout() {
+fn retries_stop_at_the_overall_timeout(client: &str) {
     let down = format!("http://{}/", closed_port());
     let gateway = gateway(
+        client,
         &[down],
         &[
             "--retries",
@@ -273,10 +314,9 @@ fn retries_stop_at_the_overall_timeout() {
     assert!((2.0..=5.0).contains(&tries), "{tries} tries");
 }
 
-#[test]
-fn keep_alive_connections_to_the_upstream_are_reused() {
+fn keep_alive_connections_to_the_upstream_are_reused(client: &str) {
     let upstream = spawn(config(&[]));
-    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &[]);
+    let gateway = gateway(client, &[url(&upstream, "/v1/avatar")], &[]);
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let addr = gateway.addr;
@@ -301,8 +341,7 @@ fn keep_alive_connections_to_the_upstream_are_reused() {
     );
 }
 
-#[test]
-fn fan_out_calls_every_upstream_and_gathers_their_answers() {
+fn fan_out_calls_every_upstream_and_gathers_their_answers(client: &str) {
     let healthy = spawn(config(&[]));
     let failing = spawn(config(&["--behaviour", "status=500"]));
     let down = format!("http://{}/v1/avatar", closed_port());
@@ -311,7 +350,7 @@ fn fan_out_calls_every_upstream_and_gathers_their_answers() {
         url(&failing, "/v1/avatar"),
         down.clone(),
     ];
-    let gateway = gateway(&upstreams, &[]);
+    let gateway = gateway(client, &upstreams, &[]);
     let response = gateway.get("/v1/user");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-type"), Some("application/json"));
@@ -336,6 +375,7 @@ fn fan_out_calls_every_upstream_and_gathers_their_answers() {
     let slow_a = spawn(config(&["--behaviour", "delay=300ms"]));
     let slow_b = spawn(config(&["--behaviour", "delay=300ms"]));
     let gateway = self::gateway(
+        client,
         &[url(&slow_a, "/v1/avatar"), url(&slow_b, "/v1/avatar")],
         &[],
     );
@@ -348,17 +388,20 @@ fn fan_out_calls_every_upstream_and_gathers_their_answers() {
     );
 
     // All down: the failure policy's 502.
-    let dead = self::gateway(&[down.clone(), down], &[]);
+    let dead = self::gateway(client, &[down.clone(), down], &[]);
     let response = dead.get("/v1/user");
     assert_eq!(response.status, 502);
     assert_eq!(json(&response)["error"], "all upstreams failed");
 }
 
-#[test]
-fn forward_behaviour_passes_the_callers_controls_one_hop_down() {
+fn forward_behaviour_passes_the_callers_controls_one_hop_down(client: &str) {
     let upstream = spawn(config(&[]));
     let target = url(&upstream, "/v1/avatar");
-    let forwarding = gateway(std::slice::from_ref(&target), &["--forward-behaviour"]);
+    let forwarding = gateway(
+        client,
+        std::slice::from_ref(&target),
+        &["--forward-behaviour"],
+    );
     let by_header = forwarding
         .request("GET /v1/user HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: status=418\r\n\r\n");
     assert_eq!(by_header.status, 418);
@@ -376,7 +419,7 @@ fn forward_behaviour_passes_the_callers_controls_one_hop_down() {
     assert_eq!(json(&bad)["param"], "delay");
 
     // Without the flag, the caller's controls go nowhere.
-    let plain = gateway(std::slice::from_ref(&target), &[]);
+    let plain = gateway(client, std::slice::from_ref(&target), &[]);
     let response = plain.request(
         "GET /v1/user?status=429 HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: status=418\r\n\r\n",
     );
@@ -386,9 +429,11 @@ fn forward_behaviour_passes_the_callers_controls_one_hop_down() {
 
 #[test]
 fn the_gateways_own_behaviour_is_acted_out_before_the_upstream_call() {
+    let client = DEFAULT_CLIENT;
     let upstream = spawn(config(&[]));
     let target = url(&upstream, "/v1/avatar");
     let failing = gateway(
+        client,
         std::slice::from_ref(&target),
         &["--behaviour", "status=503"],
     );
@@ -396,6 +441,7 @@ fn the_gateways_own_behaviour_is_acted_out_before_the_upstream_call() {
     assert_eq!(upstream_counts(&upstream, "avatar").1, 0.0);
 
     let slow = gateway(
+        client,
         std::slice::from_ref(&target),
         &["--behaviour", "delay=200ms"],
     );
@@ -405,22 +451,105 @@ fn the_gateways_own_behaviour_is_acted_out_before_the_upstream_call() {
     assert_eq!(upstream_counts(&upstream, "avatar").1, 1.0);
 }
 
-/// A fake upstream on port 0 that answers every connection with `reply` and closes.
-fn fake_upstream(reply: &'static [u8]) -> SocketAddr {
+/// What a fake upstream does with a connection once it has answered.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    Close,
+    /// Keeps it open, reading nothing more.
+    Hold,
+}
+
+/// A fake upstream on port 0 that answers the first read of every connection with `reply`,
+/// then closes or holds it; counts the connections it accepted.
+fn scripted_upstream(reply: &'static [u8], then: Then) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     std::thread::spawn(move || {
+        let mut held = Vec::new();
         for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf);
             let _ = stream.write_all(reply);
+            if then == Then::Hold {
+                held.push(stream);
+            }
         }
     });
-    addr
+    (addr, accepted)
 }
 
-#[test]
-fn malformed_and_cut_off_answers_are_502s_naming_the_kind() {
+/// A fake upstream on port 0 that answers every connection with `reply` and closes.
+fn fake_upstream(reply: &'static [u8]) -> SocketAddr {
+    scripted_upstream(reply, Then::Close).0
+}
+
+fn chunked_close_delimited_and_informational_answers_are_read_whole(client: &str) {
+    for (reply, body) in [
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n\
+               5\r\nhello\r\n6;note=x\r\n world\r\n0\r\ntrailer: t\r\n\r\n"[..],
+            "hello world",
+        ),
+        (
+            &b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nup to the end"[..],
+            "up to the end",
+        ),
+        (
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+               content-length: 5\r\n\r\nafter"[..],
+            "after",
+        ),
+    ] {
+        let addr = fake_upstream(reply);
+        let gateway = gateway(client, &[format!("http://{addr}/")], &[]);
+        let response = gateway.get("/v1/user");
+        assert_eq!(response.status, 200, "{body}");
+        assert_eq!(response.body_text(), body);
+        assert_eq!(response.header("content-type"), Some("text/plain"));
+    }
+}
+
+fn a_connection_the_upstream_closed_while_idle_is_replaced_unseen(client: &str) {
+    // Keep-alive by its headers, but closed right after each answer.
+    let reply = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, accepted) = scripted_upstream(reply, Then::Close);
+    let gateway = gateway(client, &[format!("http://{addr}/")], &["--workers", "1"]);
+    let mut caller = gateway.connect();
+    for _ in 0..3 {
+        caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        let response = caller.read_response(false);
+        assert_eq!(
+            (response.status, response.body_text()),
+            (200, "ok".to_owned())
+        );
+        // The close reaches the gateway while the connection sits idle.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+fn an_answer_saying_connection_close_is_not_reused(client: &str) {
+    // The upstream says close but leaves the connection open: a client that reused it would
+    // wait for an answer that never comes.
+    let reply = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, accepted) = scripted_upstream(reply, Then::Hold);
+    let gateway = gateway(
+        client,
+        &[format!("http://{addr}/")],
+        &["--workers", "1", "--timeout", "500ms"],
+    );
+    let mut caller = gateway.connect();
+    for _ in 0..3 {
+        caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(caller.read_response(false).status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+fn malformed_and_cut_off_answers_are_502s_naming_the_kind(client: &str) {
     for (reply, kind, error) in [
         (
             &b"HTTP/1.1 200 OK\r\nthis is not a header\r\n\r\n"[..],
@@ -435,7 +564,7 @@ fn malformed_and_cut_off_answers_are_502s_naming_the_kind() {
         (&b""[..], "closed", "upstream closed the connection"),
     ] {
         let addr = fake_upstream(reply);
-        let gateway = gateway(&[format!("http://{addr}/")], &[]);
+        let gateway = gateway(client, &[format!("http://{addr}/")], &[]);
         let response = gateway.get("/v1/user");
         assert_eq!(response.status, 502, "{kind}");
         let body = json(&response);
@@ -444,11 +573,10 @@ fn malformed_and_cut_off_answers_are_502s_naming_the_kind() {
     }
 }
 
-#[test]
-fn health_readiness_and_metrics_are_served_in_gateway_mode() {
+fn health_readiness_and_metrics_are_served_in_gateway_mode(client: &str) {
     let upstream = spawn(config(&[]));
     let target = url(&upstream, "/v1/avatar");
-    let gateway = gateway(std::slice::from_ref(&target), &[]);
+    let gateway = gateway(client, std::slice::from_ref(&target), &[]);
     assert_eq!(gateway.get("/healthz").status, 200);
     assert_eq!(gateway.get("/readyz").status, 200);
     for _ in 0..5 {
@@ -492,8 +620,9 @@ fn health_readiness_and_metrics_are_served_in_gateway_mode() {
 
 #[test]
 fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
+    let client = DEFAULT_CLIENT;
     let upstream = spawn(config(&[]));
-    let gateway = gateway(&[url(&upstream, "/v1/avatar")], &[]);
+    let gateway = gateway(client, &[url(&upstream, "/v1/avatar")], &[]);
     // A plain GET takes the fast path; the same GET with a body-length header goes to hyper.
     for (fast, hyper) in [
         (
@@ -520,7 +649,7 @@ fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
         }
     }
     // Statuses other than 200 too: a missing upstream path passes its 404 through both ways.
-    let missing = self::gateway(&[url(&upstream, "/nothing")], &[]);
+    let missing = self::gateway(client, &[url(&upstream, "/nothing")], &[]);
     let fast = missing.get("/v1/user");
     let hyper = missing.request("GET /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((fast.status, &fast.body), (hyper.status, &hyper.body));

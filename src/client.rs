@@ -1,0 +1,448 @@
+//! The gateway's lean HTTP/1.1 client (`--client lean`): one worker's idle keep-alive
+//! connections per upstream, requests written as prepared bytes, answers read by one task with
+//! no channel between it and the connection. It reads what the gateway needs (status, content
+//! type, a body framed by `content-length`, chunked coding or the connection's end) and says
+//! why when it cannot.
+
+use std::cell::RefCell;
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::StatusCode;
+use hyper::header::HeaderValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The most header bytes an answer may have before its body.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most headers an answer may have.
+const MAX_HEADERS: usize = 64;
+/// The longest chunk-size line (with its extensions) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8 * 1024;
+
+/// An upstream's answer, its body read whole.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No connection could be made.
+    Connect,
+    /// The connection failed or ended before the whole answer.
+    Closed,
+    /// The answer is not HTTP/1.x as this client reads it.
+    Malformed,
+}
+
+#[derive(Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub cause: String,
+    /// Nothing of an answer arrived before a reused connection failed: the upstream had closed
+    /// it while idle, so the request may go again on another one.
+    stale: bool,
+}
+
+impl Error {
+    fn closed(cause: impl ToString, stale: bool) -> Error {
+        Error {
+            kind: ErrorKind::Closed,
+            cause: cause.to_string(),
+            stale,
+        }
+    }
+
+    fn malformed(cause: impl ToString) -> Error {
+        Error {
+            kind: ErrorKind::Malformed,
+            cause: cause.to_string(),
+            stale: false,
+        }
+    }
+}
+
+/// Where to connect: `host:port` as the resolver takes it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+struct Connection {
+    stream: TcpStream,
+    buffer: BytesMut,
+}
+
+/// One worker's idle connections, a list per upstream (by index), at most `max_idle` each.
+pub struct Pool {
+    idle: RefCell<Vec<Vec<Connection>>>,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: Vec<usize> = self.idle.borrow().iter().map(Vec::len).collect();
+        f.debug_struct("Pool")
+            .field("idle", &idle)
+            .field("max_idle", &self.max_idle)
+            .finish()
+    }
+}
+
+impl Pool {
+    pub fn new(upstreams: usize, max_idle: usize) -> Pool {
+        Pool {
+            idle: RefCell::new((0..upstreams).map(|_| Vec::new()).collect()),
+            max_idle,
+        }
+    }
+
+    /// Sends `request` (a whole GET, head only) to upstream `index` on an idle connection, or
+    /// a new one to `target`, and reads the answer. A request that finds its idle connection
+    /// closed by the upstream goes again on a new one.
+    pub async fn send(
+        &self,
+        index: usize,
+        target: &Target,
+        request: &[u8],
+    ) -> Result<Response, Error> {
+        let idle = self.idle.borrow_mut()[index].pop();
+        if let Some(connection) = idle {
+            match self.exchange(index, connection, request, true).await {
+                // The most recently used connection was closed while idle: the others, idle
+                // longer, are likely closed too. Drop them all and connect anew.
+                Err(err) if err.stale => self.idle.borrow_mut()[index].clear(),
+                result => return result,
+            }
+        }
+        let stream = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|err| Error {
+                kind: ErrorKind::Connect,
+                cause: format!("tcp connect error: {err}"),
+                stale: false,
+            })?;
+        // Without it, a small request can wait for the upstream's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            stream,
+            buffer: BytesMut::with_capacity(READ_SIZE),
+        };
+        self.exchange(index, connection, request, false).await
+    }
+
+    /// One request and its answer on `connection`, which goes back to the pool when the
+    /// answer left it fit for another.
+    async fn exchange(
+        &self,
+        index: usize,
+        mut connection: Connection,
+        request: &[u8],
+        reused: bool,
+    ) -> Result<Response, Error> {
+        if let Err(err) = connection.stream.write_all(request).await {
+            return Err(Error::closed(err, reused));
+        }
+        let (response, reusable) = read_response(&mut connection, reused).await?;
+        if reusable && connection.buffer.is_empty() {
+            let mut idle = self.idle.borrow_mut();
+            if idle[index].len() < self.max_idle {
+                idle[index].push(connection);
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// Reads more of the answer into the buffer; `Ok(false)` at the end of the stream.
+async fn fill(connection: &mut Connection) -> io::Result<bool> {
+    if connection.buffer.capacity() - connection.buffer.len() < READ_SIZE / 2 {
+        connection.buffer.reserve(READ_SIZE);
+    }
+    Ok(connection.stream.read_buf(&mut connection.buffer).await? > 0)
+}
+
+/// How the body of an answer ends.
+enum Framing {
+    Length(usize),
+    Chunked,
+    Close,
+}
+
+/// The head of an answer: what the gateway keeps of it, how its body is framed, whether the
+/// connection may carry another request.
+struct Head {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Reads one whole answer (skipping informational ones); says with it whether the connection
+/// may be reused.
+async fn read_response(
+    connection: &mut Connection,
+    reused: bool,
+) -> Result<(Response, bool), Error> {
+    let head = loop {
+        match parse_head(&connection.buffer)? {
+            Some((length, head)) => {
+                connection.buffer.advance(length);
+                if head.status.is_informational() {
+                    continue;
+                }
+                break head;
+            }
+            None if connection.buffer.len() > MAX_HEAD => {
+                return Err(Error::malformed("answer head over 64 KiB"));
+            }
+            None => {
+                let stale = reused && connection.buffer.is_empty();
+                match fill(connection).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(Error::closed(
+                            "connection closed before message completed",
+                            stale,
+                        ));
+                    }
+                    Err(err) => return Err(Error::closed(err, stale)),
+                }
+            }
+        }
+    };
+    let (body, reusable) = match head.framing {
+        Framing::Length(length) => (read_length(connection, length).await?, head.keep_alive),
+        Framing::Chunked => (read_chunked(connection).await?, head.keep_alive),
+        Framing::Close => (read_to_end(connection).await?, false),
+    };
+    let response = Response {
+        status: head.status,
+        content_type: head.content_type,
+        body,
+    };
+    Ok((response, reusable))
+}
+
+/// The head at the start of `buffer` with its length in bytes, or `None` when it is not all
+/// there yet.
+fn parse_head(buffer: &[u8]) -> Result<Option<(usize, Head)>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let length = match response.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(err) => return Err(Error::malformed(format!("invalid HTTP answer: {err}"))),
+    };
+    let code = response.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| Error::malformed(format!("invalid status code {code}")))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Error::malformed("unexpected 101 Switching Protocols"));
+    }
+    let mut keep_alive = response.version == Some(1);
+    let mut content_type = None;
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    for header in response.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = HeaderValue::from_bytes(header.value).ok();
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let length = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|value| value.trim().parse().ok())
+                .ok_or_else(|| Error::malformed("invalid content-length"))?;
+            if content_length.is_some_and(|seen| seen != length) {
+                return Err(Error::malformed("conflicting content-length headers"));
+            }
+            content_length = Some(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked must be the last coding; anything else is read to the end.
+            chunked = last_token(header.value).is_some_and(|last| last == b"chunked");
+            if !chunked {
+                keep_alive = false;
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|&byte| byte == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && response.version == Some(0) {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    let framing = if matches!(code, 204 | 304) || status.is_informational() {
+        Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(length) = content_length {
+        Framing::Length(length)
+    } else {
+        Framing::Close
+    };
+    let head = Head {
+        status,
+        content_type,
+        framing,
+        keep_alive,
+    };
+    Ok(Some((length, head)))
+}
+
+/// The last comma-separated token of a header value.
+fn last_token(value: &[u8]) -> Option<&[u8]> {
+    value
+        .rsplit(|&byte| byte == b',')
+        .next()
+        .map(|token| token.trim_ascii())
+}
+
+fn cut_off(err: Option<io::Error>) -> Error {
+    match err {
+        Some(err) => Error::closed(err, false),
+        None => Error::closed("connection closed before message completed", false),
+    }
+}
+
+/// Reads until the buffer holds `needed` bytes.
+async fn fill_to(connection: &mut Connection, needed: usize) -> Result<(), Error> {
+    while connection.buffer.len() < needed {
+        match fill(connection).await {
+            Ok(true) => {}
+            Ok(false) => return Err(cut_off(None)),
+            Err(err) => return Err(cut_off(Some(err))),
+        }
+    }
+    Ok(())
+}
+
+async fn read_length(connection: &mut Connection, length: usize) -> Result<Bytes, Error> {
+    fill_to(connection, length).await?;
+    Ok(connection.buffer.split_to(length).freeze())
+}
+
+async fn read_to_end(connection: &mut Connection) -> Result<Bytes, Error> {
+    loop {
+        match fill(connection).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(connection.buffer.split().freeze()),
+            Err(err) => return Err(cut_off(Some(err))),
+        }
+    }
+}
+
+/// Reads a chunked body: size lines, chunks, then trailers up to an empty line.
+async fn read_chunked(connection: &mut Connection) -> Result<Bytes, Error> {
+    let mut body = BytesMut::new();
+    loop {
+        let line = read_line(connection).await?;
+        let size = std::str::from_utf8(&line)
+            .ok()
+            .map(|line| line.split(';').next().unwrap_or_default().trim())
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| Error::malformed("invalid chunk size line"))?;
+        if size == 0 {
+            // Trailers, if any, end with an empty line; the gateway passes none on.
+            while !read_line(connection).await?.is_empty() {}
+            return Ok(body.freeze());
+        }
+        fill_to(connection, size + 2).await?;
+        body.extend_from_slice(&connection.buffer[..size]);
+        if &connection.buffer[size..size + 2] != b"\r\n" {
+            return Err(Error::malformed("chunk not followed by CRLF"));
+        }
+        connection.buffer.advance(size + 2);
+    }
+}
+
+/// One CRLF-ended line, without its CRLF, taken off the buffer.
+async fn read_line(connection: &mut Connection) -> Result<Bytes, Error> {
+    let mut searched = 0;
+    loop {
+        let buffer = &connection.buffer;
+        if let Some(at) = buffer[searched..]
+            .windows(2)
+            .position(|pair| pair == b"\r\n")
+        {
+            let end = searched + at;
+            let line = connection.buffer.split_to(end).freeze();
+            connection.buffer.advance(2);
+            return Ok(line);
+        }
+        if buffer.len() > MAX_CHUNK_LINE {
+            return Err(Error::malformed("chunk size line too long"));
+        }
+        searched = buffer.len().saturating_sub(1);
+        fill_to(connection, buffer.len() + 1).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        parse_head(text.as_bytes())
+            .expect("a valid head")
+            .expect("a whole head")
+            .1
+    }
+
+    #[test]
+    fn framing_and_reuse_follow_the_answers_headers() {
+        let plain =
+            head("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n");
+        assert!(matches!(plain.framing, Framing::Length(12)) && plain.keep_alive);
+        assert_eq!(
+            plain.content_type,
+            Some(HeaderValue::from_static("application/json"))
+        );
+        let chunked = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert!(matches!(chunked.framing, Framing::Chunked) && chunked.keep_alive);
+        let close = head("HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 1\r\n\r\n");
+        assert!(!close.keep_alive);
+        let old = head("HTTP/1.0 200 OK\r\n\r\n");
+        assert!(matches!(old.framing, Framing::Close) && !old.keep_alive);
+        let old_kept =
+            head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n");
+        assert!(old_kept.keep_alive);
+        let empty = head("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n");
+        assert!(matches!(empty.framing, Framing::Length(0)));
+        assert!(
+            parse_head(b"HTTP/1.1 200 OK\r\ncontent-le")
+                .expect("valid so far")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn heads_this_client_cannot_read_are_malformed_with_a_reason() {
+        for (text, cause) in [
+            ("HTTP/1.1 2x0 OK\r\n\r\n", "invalid HTTP answer"),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n",
+                "invalid content-length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                "conflicting content-length",
+            ),
+            ("HTTP/1.1 101 Switching Protocols\r\n\r\n", "101"),
+            ("SSH-2.0-OpenSSH\r\n\r\n", "invalid HTTP answer"),
+        ] {
+            let err = parse_head(text.as_bytes()).err().expect(text);
+            assert_eq!(err.kind, ErrorKind::Malformed, "{text}");
+            assert!(err.cause.contains(cause), "{text}: {}", err.cause);
+        }
+    }
+}
