@@ -356,7 +356,10 @@ async fn read_chunked(connection: &mut Connection) -> Result<Bytes, Error> {
             while !read_line(connection).await?.is_empty() {}
             return Ok(body.freeze());
         }
-        fill_to(connection, size + 2).await?;
+        let framed = size
+            .checked_add(2)
+            .ok_or_else(|| Error::malformed("chunk size too large"))?;
+        fill_to(connection, framed).await?;
         body.extend_from_slice(&connection.buffer[..size]);
         if &connection.buffer[size..size + 2] != b"\r\n" {
             return Err(Error::malformed("chunk not followed by CRLF"));

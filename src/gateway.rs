@@ -148,6 +148,17 @@ impl Failure {
                     kind = UpstreamError::Malformed;
                 }
             }
+            // hyper reports a body it cannot decode (a bad chunk size line, say) as an I/O
+            // error of kind invalid input or data.
+            let undecodable = err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                )
+            });
+            if undecodable && !connect {
+                kind = UpstreamError::Malformed;
+            }
             // The client's own wrapper says only "client error (Kind)": skip it.
             if err
                 .downcast_ref::<hyper_util::client::legacy::Error>()

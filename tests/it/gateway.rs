@@ -562,6 +562,11 @@ fn malformed_and_cut_off_answers_are_502s_naming_the_kind(client: &str) {
             "upstream closed the connection",
         ),
         (&b""[..], "closed", "upstream closed the connection"),
+        (
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
+            "malformed",
+            "malformed upstream response",
+        ),
     ] {
         let addr = fake_upstream(reply);
         let gateway = gateway(client, &[format!("http://{addr}/")], &[]);
