@@ -7,7 +7,7 @@ WORKDIR /build
 
 # Dependencies first, with placeholder sources: this layer is rebuilt only when Cargo.toml or
 # Cargo.lock change, not on every source edit.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

@@ -44,7 +44,7 @@ impl Rng {
     pub fn next_normal(&mut self) -> f64 {
         let u1 = 1.0 - self.next_f64(); // (0, 1]: ln is finite
         let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        (-2.0 * libm::log(u1)).sqrt() * libm::cos(std::f64::consts::TAU * u2)
     }
 }
 
@@ -64,11 +64,11 @@ impl Delay {
             Delay::Normal { mean, sd } => {
                 seconds(mean.as_secs_f64() + sd.as_secs_f64() * rng.next_normal())
             }
-            Delay::Exp { mean } => seconds(-mean.as_secs_f64() * (1.0 - rng.next_f64()).ln()),
+            Delay::Exp { mean } => seconds(-mean.as_secs_f64() * libm::log(1.0 - rng.next_f64())),
             Delay::LogNormal { median, p99 } => {
-                let mu = median.as_secs_f64().ln();
-                let sigma = (p99.as_secs_f64().ln() - mu) / Z_99;
-                seconds((mu + sigma * rng.next_normal()).exp())
+                let mu = libm::log(median.as_secs_f64());
+                let sigma = (libm::log(p99.as_secs_f64()) - mu) / Z_99;
+                seconds(libm::exp(mu + sigma * rng.next_normal()))
             }
             Delay::Linear { base, per_inflight } => {
                 let count = u32::try_from(inflight).unwrap_or(u32::MAX);

@@ -202,6 +202,22 @@ fn the_dockerfile_runs_the_binary_on_the_default_port_as_non_root() {
     assert!(has("FROM gcr.io/distroless/cc-debian12:nonroot"));
     let ignore = std::fs::read_to_string(Path::new(ROOT).join(".dockerignore")).expect("read");
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
+    // The builder copies everything `cargo build` reads, and each of those exists here.
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("COPY "))
+        .filter(|rest| !rest.starts_with("--from"))
+        .flat_map(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            words[..words.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    for input in ["Cargo.toml", "Cargo.lock", "build.rs", "src", "benches"] {
+        assert!(copied.contains(&input), "the image build lacks {input}");
+    }
+    for path in copied {
+        assert!(Path::new(ROOT).join(path).exists(), "COPY {path}: missing");
+    }
 }
 
 /// Runs a k6 script for `seconds` against a fresh server and returns its summary.
