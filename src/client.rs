@@ -8,9 +8,10 @@ use std::cell::RefCell;
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use hyper::StatusCode;
 use hyper::header::HeaderValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// The most header bytes an answer may have before its body.
@@ -45,17 +46,13 @@ pub enum ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub cause: String,
-    /// Nothing of an answer arrived before a reused connection failed: the upstream had closed
-    /// it while idle, so the request may go again on another one.
-    stale: bool,
 }
 
 impl Error {
-    fn closed(cause: impl ToString, stale: bool) -> Error {
+    fn closed(cause: impl ToString) -> Error {
         Error {
             kind: ErrorKind::Closed,
             cause: cause.to_string(),
-            stale,
         }
     }
 
@@ -63,7 +60,6 @@ impl Error {
         Error {
             kind: ErrorKind::Malformed,
             cause: cause.to_string(),
-            stale: false,
         }
     }
 }
@@ -105,21 +101,21 @@ impl Pool {
     }
 
     /// Sends `request` (a whole GET, head only) to upstream `index` on an idle connection, or
-    /// a new one to `target`, and reads the answer. A request that finds its idle connection
-    /// closed by the upstream goes again on a new one.
+    /// a new one to `target`, and reads the answer. Idle connections the upstream has closed
+    /// are dropped unused. A connection that fails once the request is on it is an error, not
+    /// a reason to send again: the upstream may have received it (an injected `fault=close`,
+    /// say), and the caller should see that as hyper-util's client would show it.
     pub async fn send(
         &self,
         index: usize,
         target: &Target,
         request: &[u8],
     ) -> Result<Response, Error> {
-        let idle = self.idle.borrow_mut()[index].pop();
-        if let Some(connection) = idle {
-            match self.exchange(index, connection, request, true).await {
-                // The most recently used connection was closed while idle: the others, idle
-                // longer, are likely closed too. Drop them all and connect anew.
-                Err(err) if err.stale => self.idle.borrow_mut()[index].clear(),
-                result => return result,
+        loop {
+            let idle = self.idle.borrow_mut()[index].pop();
+            let Some(connection) = idle else { break };
+            if !closed_while_idle(&connection) {
+                return self.exchange(index, connection, request).await;
             }
         }
         let stream = TcpStream::connect((target.host.as_str(), target.port))
@@ -127,7 +123,6 @@ impl Pool {
             .map_err(|err| Error {
                 kind: ErrorKind::Connect,
                 cause: format!("tcp connect error: {err}"),
-                stale: false,
             })?;
         // Without it, a small request can wait for the upstream's delayed ACK.
         let _ = stream.set_nodelay(true);
@@ -135,7 +130,7 @@ impl Pool {
             stream,
             buffer: BytesMut::with_capacity(READ_SIZE),
         };
-        self.exchange(index, connection, request, false).await
+        self.exchange(index, connection, request).await
     }
 
     /// One request and its answer on `connection`, which goes back to the pool when the
@@ -145,12 +140,11 @@ impl Pool {
         index: usize,
         mut connection: Connection,
         request: &[u8],
-        reused: bool,
     ) -> Result<Response, Error> {
         if let Err(err) = connection.stream.write_all(request).await {
-            return Err(Error::closed(err, reused));
+            return Err(Error::closed(err));
         }
-        let (response, reusable) = read_response(&mut connection, reused).await?;
+        let (response, reusable) = read_response(&mut connection).await?;
         if reusable && connection.buffer.is_empty() {
             let mut idle = self.idle.borrow_mut();
             if idle[index].len() < self.max_idle {
@@ -158,6 +152,16 @@ impl Pool {
             }
         }
         Ok(response)
+    }
+}
+
+/// Whether the upstream closed or reset `connection` while it sat idle, as the last events the
+/// runtime saw for its socket say (no system call).
+fn closed_while_idle(connection: &Connection) -> bool {
+    match connection.stream.ready(Interest::READABLE).now_or_never() {
+        Some(Ok(ready)) => ready.is_read_closed() || ready.is_error(),
+        Some(Err(_)) => true,
+        None => false,
     }
 }
 
@@ -187,10 +191,7 @@ struct Head {
 
 /// Reads one whole answer (skipping informational ones); says with it whether the connection
 /// may be reused.
-async fn read_response(
-    connection: &mut Connection,
-    reused: bool,
-) -> Result<(Response, bool), Error> {
+async fn read_response(connection: &mut Connection) -> Result<(Response, bool), Error> {
     let head = loop {
         match parse_head(&connection.buffer)? {
             Some((length, head)) => {
@@ -203,19 +204,7 @@ async fn read_response(
             None if connection.buffer.len() > MAX_HEAD => {
                 return Err(Error::malformed("answer head over 64 KiB"));
             }
-            None => {
-                let stale = reused && connection.buffer.is_empty();
-                match fill(connection).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(Error::closed(
-                            "connection closed before message completed",
-                            stale,
-                        ));
-                    }
-                    Err(err) => return Err(Error::closed(err, stale)),
-                }
-            }
+            None => fill_to(connection, connection.buffer.len() + 1).await?,
         }
     };
     let (body, reusable) = match head.framing {
@@ -309,8 +298,8 @@ fn last_token(value: &[u8]) -> Option<&[u8]> {
 
 fn cut_off(err: Option<io::Error>) -> Error {
     match err {
-        Some(err) => Error::closed(err, false),
-        None => Error::closed("connection closed before message completed", false),
+        Some(err) => Error::closed(err),
+        None => Error::closed("connection closed before message completed"),
     }
 }
 

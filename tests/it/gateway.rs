@@ -51,6 +51,7 @@ with_each_client!(
     health_readiness_and_metrics_are_served_in_gateway_mode,
     chunked_close_delimited_and_informational_answers_are_read_whole,
     a_connection_the_upstream_closed_while_idle_is_replaced_unseen,
+    a_connection_closed_after_the_request_is_an_error_not_a_silent_retry,
     an_answer_saying_connection_close_is_not_reused,
 );
 
@@ -529,6 +530,42 @@ fn a_connection_the_upstream_closed_while_idle_is_replaced_unseen(client: &str) 
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+fn a_connection_closed_after_the_request_is_an_error_not_a_silent_retry(client: &str) {
+    // Half the upstream's requests end with the connection closed and no answer: the gateway
+    // must pass that on (no retries asked for), not send the request again unseen.
+    let upstream = spawn(config(&["--behaviour", "fault=close:50", "--seed", "11"]));
+    let gateway = gateway(client, &[url(&upstream, "/v1/avatar")], &["--workers", "1"]);
+    let mut caller = gateway.connect();
+    let mut failed = 0;
+    for _ in 0..200 {
+        caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        let response = caller.read_response(false);
+        match response.status {
+            200 => {}
+            502 => {
+                assert_eq!(json(&response)["kind"], "closed");
+                failed += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!((60..=140).contains(&failed), "{failed} of 200 failed");
+    // Each call was one upstream request: answered, or closed and passed on as a 502.
+    let scrape = scrape(&mut upstream.connect());
+    let closed = value(
+        &scrape,
+        "microservice2_faults_injected_total",
+        &[("kind", "close")],
+    );
+    assert_eq!(
+        closed,
+        f64::from(failed),
+        "closed connections not passed on"
+    );
+    let (_, answered) = upstream_counts(&upstream, "avatar");
+    assert_eq!(answered, f64::from(200 - failed));
 }
 
 fn an_answer_saying_connection_close_is_not_reused(client: &str) {
