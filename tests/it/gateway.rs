@@ -80,6 +80,11 @@ fn json(response: &RawResponse) -> serde_json::Value {
         .unwrap_or_else(|err| panic!("{err}: {}", response.body_text()))
 }
 
+/// One sample of `server`'s metrics, scraped now.
+fn metric(server: &TestServer, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(&scrape(&mut server.connect()), name, labels)
+}
+
 /// The upstream's count of accepted connections and of GETs answered on `route`.
 fn upstream_counts(upstream: &TestServer, route: &str) -> (f64, f64) {
     let scrape = scrape(&mut upstream.connect());
@@ -177,10 +182,9 @@ fn a_refused_connection_is_a_502_naming_the_cause_within_100_ms(client: &str) {
             "{body}"
         );
     }
-    let scrape = scrape(&mut gateway.connect());
     assert_eq!(
-        value(
-            &scrape,
+        metric(
+            &gateway,
             "microservice2_upstream_errors_total",
             &[("kind", "connect")]
         ),
@@ -274,9 +278,8 @@ fn retries_recover_from_an_upstream_answering_503_half_the_time(client: &str) {
     // Six retries fail only when seven tries in a row do: 1 in 128.
     let (with, gateway) = statuses_behind_flaky_upstream(client, "6", 200);
     assert!(with >= 192, "{with} of 200 with retries");
-    let scrape = scrape(&mut gateway.connect());
-    let unavailable = value(
-        &scrape,
+    let unavailable = metric(
+        &gateway,
         "microservice2_upstream_errors_total",
         &[("kind", "unavailable")],
     );
@@ -306,9 +309,8 @@ fn retries_stop_at_the_overall_timeout(client: &str) {
     assert_eq!(response.status, 502);
     assert!(elapsed < Duration::from_millis(260), "{elapsed:?}");
     // 20, 40, 80 ms pauses fit in 200 ms (with jitter, at least 10 + 20 + 40): 3 or 4 tries.
-    let scrape = scrape(&mut gateway.connect());
-    let tries = value(
-        &scrape,
+    let tries = metric(
+        &gateway,
         "microservice2_upstream_errors_total",
         &[("kind", "connect")],
     );
@@ -553,9 +555,8 @@ fn a_connection_closed_after_the_request_is_an_error_not_a_silent_retry(client: 
     }
     assert!((60..=140).contains(&failed), "{failed} of 200 failed");
     // Each call was one upstream request: answered, or closed and passed on as a 502.
-    let scrape = scrape(&mut upstream.connect());
-    let closed = value(
-        &scrape,
+    let closed = metric(
+        &upstream,
         "microservice2_faults_injected_total",
         &[("kind", "close")],
     );
