@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::behaviour::Rng;
 use crate::behaviour::parse as behaviour;
 use crate::client;
-/// One upstream's answer, read whole (by either client).
+// One upstream's answer, read whole (by either client).
 use crate::client::Response as Reply;
 use crate::config::{ClientKind, GatewayConfig, Upstream};
 use crate::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
