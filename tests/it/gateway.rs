@@ -460,6 +460,9 @@ enum Then {
     Close,
     /// Keeps it open, reading nothing more.
     Hold,
+    /// Closes it, having written the answer three bytes at a time, so that every line and
+    /// chunk of it arrives in pieces.
+    Trickle,
 }
 
 /// A fake upstream on port 0 that answers the first read of every connection with `reply`,
@@ -475,7 +478,15 @@ fn scripted_upstream(reply: &'static [u8], then: Then) -> (SocketAddr, Arc<Atomi
             counter.fetch_add(1, Ordering::SeqCst);
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf);
-            let _ = stream.write_all(reply);
+            if then == Then::Trickle {
+                let _ = stream.set_nodelay(true);
+                for piece in reply.chunks(3) {
+                    let _ = stream.write_all(piece);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            } else {
+                let _ = stream.write_all(reply);
+            }
             if then == Then::Hold {
                 held.push(stream);
             }
@@ -506,12 +517,14 @@ fn chunked_close_delimited_and_informational_answers_are_read_whole(client: &str
             "after",
         ),
     ] {
-        let addr = fake_upstream(reply);
-        let gateway = gateway(client, &[format!("http://{addr}/")], &[]);
-        let response = gateway.get("/v1/user");
-        assert_eq!(response.status, 200, "{body}");
-        assert_eq!(response.body_text(), body);
-        assert_eq!(response.header("content-type"), Some("text/plain"));
+        for then in [Then::Close, Then::Trickle] {
+            let (addr, _) = scripted_upstream(reply, then);
+            let gateway = gateway(client, &[format!("http://{addr}/")], &[]);
+            let response = gateway.get("/v1/user");
+            assert_eq!(response.status, 200, "{body}");
+            assert_eq!(response.body_text(), body);
+            assert_eq!(response.header("content-type"), Some("text/plain"));
+        }
     }
 }
 
