@@ -42,6 +42,7 @@ pub enum ErrorKind {
     Malformed,
 }
 
+/// Why a call failed, with the cause as text.
 #[derive(Debug)]
 pub struct Error {
     pub kind: ErrorKind,
