@@ -404,7 +404,7 @@ struct GatewayArgs {
     forward_behaviour: bool,
 
     /// HTTP/1.1 client for upstream calls: hyper-util's pooled client, or the lean built-in one
-    /// (same pooling and failure policy, about half the CPU per call).
+    /// (same pooling and failure policy, about a third of the instructions per call).
     #[arg(long, env = "M1_CLIENT", value_name = "CLIENT", value_enum, default_value_t = ClientKind::HyperUtil)]
     client: ClientKind,
 }
