@@ -414,7 +414,7 @@ struct GatewayArgs {
 pub enum ClientKind {
     /// hyper-util's pooled client (`client::legacy::Client`).
     HyperUtil,
-    /// The gateway's own keep-alive client (`microservice2::client`).
+    /// the gateway's own keep-alive client (`microservice2::client`).
     Lean,
 }
 
