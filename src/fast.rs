@@ -124,6 +124,8 @@ pub async fn serve(
         let start = crate::time::now();
         let mut single: Option<Bytes> = None;
         let mut answered = [0u64; 2]; // GET, HEAD
+        // When the batch's last answer was ready: the connection is idle from then on.
+        let mut answered_at: Option<Duration> = None;
         let mut hand_over = false;
         loop {
             match classify(&buf, routes.path()) {
@@ -132,7 +134,9 @@ pub async fn serve(
                     buf.advance(len);
                     let begun = crate::time::now();
                     let (bytes, status) = routes.gateway_wire(head_only).await;
-                    let elapsed = crate::time::now().saturating_sub(begun);
+                    let done = crate::time::now();
+                    answered_at = Some(done);
+                    let elapsed = done.saturating_sub(begun);
                     let method = [MethodLabel::Get, MethodLabel::Head][usize::from(head_only)];
                     routes.record(Route::Gateway, method, status, elapsed, 1);
                     if routes.access_logging() {
@@ -144,6 +148,7 @@ pub async fn serve(
                 Head::Avatar { len, head_only } => {
                     buf.advance(len);
                     answered[usize::from(head_only)] += 1;
+                    answered_at = Some(start);
                     queue(&mut single, &mut out, routes.avatar_bytes(head_only, start));
                 }
                 Head::Partial => break,
@@ -176,8 +181,8 @@ pub async fn serve(
             return Outcome::Hyper(Prefixed::new(buf.freeze(), stream));
         }
         if buf.is_empty() {
-            if answered != [0, 0] {
-                idle_since = start;
+            if let Some(at) = answered_at {
+                idle_since = at;
             }
             head_since = None;
         } else if head_since.is_none() {

@@ -675,6 +675,28 @@ fn health_readiness_and_metrics_are_served_in_gateway_mode(client: &str) {
 }
 
 #[test]
+fn a_busy_caller_connection_outlives_the_idle_timeout() {
+    let upstream = spawn(config(&["--behaviour", "delay=150ms"]));
+    let gateway = gateway(
+        DEFAULT_CLIENT,
+        &[url(&upstream, "/v1/avatar")],
+        &["--idle-timeout", "400ms", "--header-timeout", "5s"],
+    );
+    let mut caller = gateway.connect();
+    let start = Instant::now();
+    // Each call takes 150 ms upstream, then 100 ms idle: never 400 ms without a request.
+    while start.elapsed() < Duration::from_millis(1200) {
+        caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(
+            caller.read_response(false).status,
+            200,
+            "a busy connection stays open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
     let client = DEFAULT_CLIENT;
     let upstream = spawn(config(&[]));
