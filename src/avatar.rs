@@ -80,18 +80,6 @@ impl AvatarCache {
 /// come from the same clock read, so they always agree.
 pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) -> Snapshot {
     let created_at = time::created_at(now);
-    let rfc3339;
-    let imf;
-    let date: &[u8] = match date_header {
-        DateHeader::Rfc3339 => {
-            rfc3339 = time::rfc3339_nanos(now);
-            &rfc3339
-        }
-        DateHeader::Http => {
-            imf = time::imf_fixdate(now);
-            &imf
-        }
-    };
     // The same bytes hyper writes for these headers: lower-case names, in insertion order,
     // content-length last.
     let mut wire = BytesMut::with_capacity(256 + TEMPLATE.len());
@@ -101,7 +89,7 @@ pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) ->
     wire.put_slice(location.as_bytes());
     wire.put_slice(b"\r\ndate: ");
     let date_start = wire.len();
-    wire.put_slice(date);
+    time::put_date(date_header, now, &mut wire);
     let date_end = wire.len();
     wire.put_slice(b"\r\ncontent-length: ");
     wire.put_slice(TEMPLATE.len().to_string().as_bytes());

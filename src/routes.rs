@@ -499,7 +499,7 @@ impl Routes {
         wire.put_slice(b"\r\nlocation: ");
         wire.put_slice(self.location.as_bytes());
         wire.put_slice(b"\r\ndate: ");
-        self.put_date(&mut wire);
+        time::put_date(self.date_header, time::now(), &mut wire);
         wire.put_slice(b"\r\n");
         // No body and no length for the statuses that cannot have one, as hyper does.
         let bodiless = status.is_informational()
@@ -517,20 +517,11 @@ impl Routes {
         (wire.freeze(), status.as_u16())
     }
 
-    /// Appends the `date` header's value now, in the configured form.
-    fn put_date(&self, out: &mut BytesMut) {
-        let now = time::now();
-        match self.date_header {
-            crate::config::DateHeader::Rfc3339 => out.put_slice(&time::rfc3339_nanos(now)),
-            crate::config::DateHeader::Http => out.put_slice(&time::imf_fixdate(now)),
-        }
-    }
-
     /// The gateway's answer headers, in the avatar answer's order: the upstream's content type,
     /// `engine`, `location` (the gateway's path) and `date` in the configured form.
     fn gateway_headers(&self, content_type: HeaderValue) -> HeaderMap {
         let mut date = BytesMut::with_capacity(40);
-        self.put_date(&mut date);
+        time::put_date(self.date_header, time::now(), &mut date);
         let date = HeaderValue::from_maybe_shared(date.freeze())
             .expect("the time formatters write only visible ASCII");
         let mut headers = HeaderMap::with_capacity(5);

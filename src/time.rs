@@ -5,6 +5,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BufMut;
+
+use crate::config::DateHeader;
+
 /// Length of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub const CREATED_AT_LEN: usize = 24;
 /// Length of `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+00:00`.
@@ -107,6 +111,14 @@ pub fn created_at(since_epoch: Duration) -> [u8; CREATED_AT_LEN] {
     write_digits(&mut out[20..23], since_epoch.subsec_millis().into());
     out[23] = b'Z';
     out
+}
+
+/// Appends the `date` header's value for `since_epoch` in the configured form.
+pub fn put_date(form: DateHeader, since_epoch: Duration, out: &mut impl BufMut) {
+    match form {
+        DateHeader::Rfc3339 => out.put_slice(&rfc3339_nanos(since_epoch)),
+        DateHeader::Http => out.put_slice(&imf_fixdate(since_epoch)),
+    }
 }
 
 /// Formats `since_epoch` as the seed's `date` header: `2023-04-21T12:40:19.925350124+00:00`.
