@@ -255,12 +255,9 @@ impl Config {
             .map_err(|err| invalid(err, &command))?;
         let mut config =
             Config::from_arg_matches(&matches).map_err(|err| invalid(err, &command))?;
-        let env = if gateway {
-            "M1_BEHAVIOUR"
-        } else {
-            "M2_BEHAVIOUR"
-        };
         if let Some(text) = &config.behaviour {
+            // M2_BEHAVIOUR, or M1_BEHAVIOUR in gateway mode: whatever the command says.
+            let env = env_name_of("--behaviour", &command).unwrap_or_default();
             config.profile = Controls::parse(text, &config.limits(), Unknown::Reject)
                 .and_then(|profile| match profile.count {
                     Some(_) if gateway => Err(crate::behaviour::BehaviourError::new(
