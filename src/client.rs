@@ -9,8 +9,8 @@ use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
-use hyper::StatusCode;
 use hyper::header::HeaderValue;
+use hyper::{StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
@@ -70,6 +70,21 @@ impl Error {
 pub struct Target {
     pub host: String,
     pub port: u16,
+}
+
+impl Target {
+    /// The host (an IPv6 address without its brackets) and port (80 when unsaid) of an
+    /// `http://` URI; `None` when it names no host.
+    pub fn of(uri: &Uri) -> Option<Target> {
+        let host = uri.host().filter(|host| !host.is_empty())?;
+        Some(Target {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: uri.port_u16().unwrap_or(80),
+        })
+    }
 }
 
 struct Connection {

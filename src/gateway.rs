@@ -189,15 +189,8 @@ impl Lean {
         let targets = config
             .upstreams
             .iter()
-            .map(|upstream| client::Target {
-                host: upstream
-                    .uri
-                    .host()
-                    .unwrap_or_default()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned(),
-                port: upstream.uri.port_u16().unwrap_or(80),
+            .map(|upstream| {
+                client::Target::of(&upstream.uri).expect("config validation requires a host")
             })
             .collect();
         let requests = config

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use hyper::Uri;
 
+use crate::client::Target;
+
 /// How long the whole check may take: connect, then each read or write.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -39,10 +41,8 @@ pub fn check(url: &str) -> Result<(), CheckError> {
     if uri.scheme_str() != Some("http") {
         return Err(bad("only http:// URLs are supported"));
     }
-    let host = uri.host().ok_or_else(|| bad("the URL names no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    let addr: SocketAddr = (host, port)
+    let target = Target::of(&uri).ok_or_else(|| bad("the URL names no host"))?;
+    let addr: SocketAddr = (target.host.as_str(), target.port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
@@ -59,7 +59,7 @@ pub fn check(url: &str) -> Result<(), CheckError> {
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        uri.authority().map_or(host, |a| a.as_str())
+        uri.authority().map_or(target.host.as_str(), |a| a.as_str())
     )
     .map_err(|err| unhealthy("cannot send to", err))?;
     let mut status_line = String::new();
