@@ -325,8 +325,21 @@ def run_wrk(url: str, wrk_args: list[str], script: str | None, script_args: list
     cmd.append(url)
     if script_args:
         cmd += ["--", *script_args]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(out)
+    # wrk's own CPU time, from its rusage: on a machine shared with the server it bounds
+    # how many requests per second any server could be driven at.
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        error = proc.stderr.read()
+        proc.stderr.close()
+        if proc.returncode != 0:
+            raise RuntimeError(f"wrk exited with {proc.returncode}: {error}")
+        out.seek(0)
+        result = parse_wrk(out.read())
+    requests = max(result["requests"], 1)
+    result["load_cpu_us_per_request"] = (usage.ru_utime + usage.ru_stime) * 1e6 / requests
+    return result
 
 
 def run_k6(base_url: str, k6_args: list[str]) -> dict:
@@ -460,6 +473,151 @@ def instructions_per_request(
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the CPU goes, from perf samples
+
+# A sample goes to the first category one of whose kernel functions is on its stack; a sample
+# whose innermost frame is in user space is "user". "send" includes, on loopback, the client
+# socket's receive processing, which the kernel runs in the sender's context.
+PROFILE_CATEGORIES = [
+    ("send", ("__x64_sys_sendto", "__x64_sys_sendmsg", "__x64_sys_writev", "__x64_sys_write",
+              "__x64_sys_sendfile64", "__sys_sendto", "do_writev", "ksys_write")),
+    ("recv", ("__x64_sys_recvfrom", "__x64_sys_recvmsg", "__x64_sys_read", "__x64_sys_readv",
+              "__sys_recvfrom", "ksys_read")),
+    ("file read", ("__x64_sys_pread64", "ksys_pread64")),
+    ("scheduling", ("__schedule",)),
+    ("epoll", ("__x64_sys_epoll_wait", "__x64_sys_epoll_pwait", "__x64_sys_epoll_ctl",
+               "do_epoll_wait")),
+    ("other syscalls", ("do_syscall_64",)),
+]
+# Interrupts (timers firing delayed ACKs and retransmits, IPIs) come first, whatever they
+# interrupted.
+INTERRUPT_PREFIXES = ("asm_sysvec_", "asm_common_interrupt")
+PROFILE_ORDER = ["interrupts"] + [name for name, _ in PROFILE_CATEGORIES] + [
+    "other kernel", "user"
+]
+# The two socket calls that answering a request needs, whatever the server: read it, write
+# the answer.
+SOCKET_CALLS = ("send", "recv")
+
+
+def classify_sample(frames: list[tuple[str, bool]]) -> tuple[str, bool]:
+    """(category, whether the sample is the loopback delivery into the peer's socket) of one
+    sample's frames, innermost first, each (function, in the kernel)."""
+    if not frames or not frames[0][1]:
+        return "user", False
+    names = {name for name, _ in frames}
+    if any(name.startswith(INTERRUPT_PREFIXES) for name in names):
+        return "interrupts", False
+    delivery = "net_rx_action" in names
+    for category, functions in PROFILE_CATEGORIES:
+        if any(function in names for function in functions):
+            return category, delivery
+    return "other kernel", delivery
+
+
+def perf_script_samples(text: str):
+    """Yields each sample's frames (innermost first) from `perf script -F ip,sym,dso`."""
+    frames: list[tuple[str, bool]] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            if frames:
+                yield frames
+            frames = []
+            continue
+        kernel = fields[-1] == "([kernel.kallsyms])"
+        frames.append((fields[1], kernel))
+    if frames:
+        yield frames
+
+
+def cpu_shares(variant: "Variant", wrk_args: list[str], seconds_: float) -> dict:
+    """Drives `variant` with wrk while `perf record -g` samples its processes; returns each
+    category's share of the samples, and the share spent delivering into the client's socket."""
+    with tempfile.TemporaryDirectory(prefix="m2-perf-") as tmp:
+        data = Path(tmp) / "perf.data"
+        pids = ",".join(str(pid) for pid in variant.pids())
+        perf = subprocess.Popen(
+            ["perf", "record", "-q", "-F", "1999", "-g", "-o", str(data), "-p", pids,
+             "--", "sleep", str(seconds_)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        args = [a for a in wrk_args if not a.startswith("-d")] + [f"-d{seconds_:g}s"]
+        run_wrk(variant.url, args, None, [])
+        _, error = perf.communicate()
+        if perf.returncode != 0:
+            raise RuntimeError(f"perf record failed ({perf.returncode}): {error.strip()}")
+        script = subprocess.run(
+            ["perf", "script", "-i", str(data), "-F", "ip,sym,dso"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    counts = dict.fromkeys(PROFILE_ORDER, 0)
+    delivery = total = 0
+    for frames in perf_script_samples(script):
+        category, delivering = classify_sample(frames)
+        counts[category] += 1
+        delivery += delivering
+        total += 1
+    if total == 0:
+        raise RuntimeError(f"perf recorded no samples of {variant.name}")
+    shares = {name: count / total for name, count in counts.items()}
+    return {"samples": total, "shares": shares, "delivery_share": delivery / total}
+
+
+def profile_report(names: list[str], summary: dict[str, dict], profiles: dict) -> list[str]:
+    """The per-category table in µs per request, and the bounds it sets on the targets."""
+    head = "| server | " + " | ".join(PROFILE_ORDER) + " | of which delivery into wrk's socket | total |"
+    rows = [head, "|---|" + "---|" * (len(PROFILE_ORDER) + 2)]
+    socket_cost = {}
+    for name in names:
+        cpu = summary[name]["cpu_us_per_request"]
+        shares = profiles[name]["shares"]
+        cells = [f"{shares[c] * cpu:.2f}" for c in PROFILE_ORDER]
+        cells += [f"{profiles[name]['delivery_share'] * cpu:.2f}", f"{cpu:.2f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        socket_cost[name] = sum(shares[c] for c in SOCKET_CALLS) * cpu
+    lines = [
+        "CPU µs per request of each server by where its samples fell (`perf record -g`, "
+        "one extra round per server; shares of the samples times the median CPU per request "
+        "of the measured rounds):",
+        "",
+        *rows,
+        "",
+    ]
+    first, peer = names[0], names[-1]
+    floor_name = min(socket_cost, key=socket_cost.get)
+    floor = socket_cost[floor_name]
+    peer_cpu = summary[peer]["cpu_us_per_request"]
+    lines.append(
+        f"Floor: the two socket calls every server makes per request (read it, write the "
+        f"answer) cost **{floor:.2f} µs** in {floor_name}, the cheapest here. Against "
+        f"{peer}'s {peer_cpu:.2f} µs that alone is **{floor / peer_cpu:.2f}x**, so a CPU "
+        f"target of 0.7x would leave {max(0.7 * peer_cpu - floor, 0):.2f} µs per request for "
+        f"everything else (waiting for events, scheduling, parsing, user space)."
+    )
+    load_first = summary[first].get("load_cpu_us_per_request")
+    load_peer = summary[peer].get("load_cpu_us_per_request")
+    if load_first and load_peer:
+        ceiling = (peer_cpu + load_peer) / (floor + load_first)
+        lines += [
+            "",
+            f"Ceiling on requests/s: wrk itself used {load_first:.2f} µs per request against "
+            f"{first} and {load_peer:.2f} against {peer}. While the server and wrk share the "
+            f"machine's cores and keep them busy, requests/s is the cores' time over the sum "
+            f"of the two; a server costing only the floor would reach at most "
+            f"**{ceiling:.2f}x** {peer}'s requests/s.",
+        ]
+    for name in names:
+        busy = (summary[name]["cpu_us_per_request"] + summary[name].get(
+            "load_cpu_us_per_request", 0)) * summary[name]["requests_per_s"] / 1e6
+        lines.append("")
+        lines.append(
+            f"{name}: server and wrk together kept {busy:.2f} of {os.cpu_count()} cores busy."
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Reporting
 
 
@@ -483,6 +641,7 @@ METRICS = [
     ("latency_p99_ms", "p99 ms", "{:.3f}"),
     ("latency_max_ms", "max ms", "{:.2f}"),
     ("cpu_us_per_request", "CPU µs/req", "{:.2f}"),
+    ("load_cpu_us_per_request", "wrk CPU µs/req", "{:.2f}"),
     ("rss_idle_mib", "RSS idle MiB", "{:.1f}"),
     ("rss_busy_mib", "RSS busy MiB", "{:.1f}"),
     ("non_2xx", "non-2xx", "{:.0f}"),
@@ -586,6 +745,8 @@ def main() -> int:
     parser.add_argument("--warmup", default="2s")
     parser.add_argument("--callgrind", type=int, default=20000,
                         help="requests to count instructions over (0: skip)")
+    parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                        help="after the rounds, sample each server with perf for SECONDS")
     parser.add_argument("--title", default="")
     parser.add_argument("--note", default="", help="a sentence to print above the table")
     parser.add_argument("--command", default="bench/run", help="the command line, for the report")
@@ -626,6 +787,10 @@ def main() -> int:
                 )
                 if variant.proc.poll() is not None:
                     raise RuntimeError(f"{variant.name} exited during the run")
+        profiles = {}
+        for variant in variants if opts.profile else []:
+            print(f"perf: sampling {variant.name} for {opts.profile:g} s...", flush=True)
+            profiles[variant.name] = cpu_shares(variant, wrk_args, opts.profile)
     finally:
         for variant in variants:
             variant.stop()
@@ -640,6 +805,8 @@ def main() -> int:
         "rounds": rounds,
         "medians": summary,
     }
+    if profiles:
+        report["profile"] = profiles
     if opts.callgrind:
         report["callgrind"] = {}
         for variant in variants:
@@ -705,6 +872,10 @@ def main() -> int:
         line += "."
         print(line)
         lines += [line, ""]
+    if profiles:
+        profile_lines = profile_report(names, summary, profiles)
+        print("\n".join(profile_lines))
+        lines += [*profile_lines, ""]
     for name, cg in report.get("callgrind", {}).items():
         who = f"{name}'s gateway (upstream native)" if name in chains else name
         line = (
