@@ -11,6 +11,7 @@
 //!
 //! [`Snapshot`]: crate::avatar::Snapshot
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -92,15 +93,42 @@ pub enum Outcome {
     Hyper(Prefixed),
 }
 
+/// Bytes a connection reads at a time. Reads land in the worker's [`READ_SCRATCH`]; a
+/// connection keeps bytes of its own only while a request is incomplete, or in gateway mode.
+const READ_SIZE: usize = 4096;
+
+thread_local! {
+    /// The worker's read buffer, shared by all of its fast-path connections: a read fills it
+    /// and the requests in it are answered before the task next yields, so an idle connection
+    /// holds no buffer, and at thousands of connections every read lands in memory that is
+    /// already in cache.
+    static READ_SCRATCH: RefCell<[u8; READ_SIZE]> = const { RefCell::new([0; READ_SIZE]) };
+}
+
+/// Serve mode's stand-in for an upstream call: never made, and a future of no size, so a
+/// serve-mode connection's task holds nothing for it.
+pub type NoUpstream = fn(bool) -> std::future::Pending<(Bytes, u16)>;
+
 /// Serves fast-path requests on `stream` until the connection ends or needs hyper; `stop`
-/// turns true when shutdown begins.
-pub async fn serve(
+/// turns true when shutdown begins. In gateway mode `upstream` answers each plain GET
+/// (`false`) or HEAD (`true`) with the wire bytes and status to send back; in serve mode it
+/// is `None` and the avatar is the answer.
+pub async fn serve<Call, Answer>(
     mut stream: TcpStream,
     routes: &Routes,
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
-) -> Outcome {
-    let mut buf = BytesMut::with_capacity(4096);
+    upstream: Option<Call>,
+) -> Outcome
+where
+    Call: Fn(bool) -> Answer,
+    Answer: Future<Output = (Bytes, u16)>,
+{
+    // The bytes of an incomplete request, or in gateway mode every byte read; usually empty
+    // and unallocated.
+    let mut buf = BytesMut::new();
+    // How many bytes the last read left in `READ_SCRATCH`, still to be answered.
+    let mut fresh = 0;
     let mut out = BytesMut::new();
     // Polled once to register for the shutdown signal; after that the wake-up it arranges is
     // enough, and a cheap look at the flag replaces polling it on every request.
@@ -119,49 +147,56 @@ pub async fn serve(
     let mut idle_since = crate::time::now();
     let mut head_since: Option<Duration> = None;
     loop {
-        // Answer every complete request in the buffer (more than one when pipelined).
-        // The batch's clock read serves both the responses' timestamps and its duration.
+        // Answer every complete request read (more than one when pipelined). The batch's
+        // clock read serves both the responses' timestamps and its duration.
         let start = crate::time::now();
-        let mut single: Option<Bytes> = None;
-        let mut answered = [0u64; 2]; // GET, HEAD
-        // When the batch's last answer was ready: the connection is idle from then on.
-        let mut answered_at: Option<Duration> = None;
-        let mut hand_over = false;
-        loop {
-            match classify(&buf, routes.path()) {
-                Head::Avatar { len, head_only } if routes.is_gateway() => {
-                    // Gateway mode: one upstream call per request, in order.
-                    buf.advance(len);
-                    let begun = crate::time::now();
-                    let (bytes, status) = routes.gateway_wire(head_only).await;
-                    let done = crate::time::now();
-                    answered_at = Some(done);
-                    let elapsed = done.saturating_sub(begun);
-                    let method = [MethodLabel::Get, MethodLabel::Head][usize::from(head_only)];
-                    routes.record(Route::Gateway, method, status, elapsed, 1);
-                    if routes.access_logging() {
-                        let method = ["GET", "HEAD"][usize::from(head_only)];
-                        routes.access(method, routes.path(), status, elapsed, bytes.len() as u64);
+        let mut batch = Batch::default();
+        if let Some(call) = &upstream {
+            // Gateway mode: one upstream call per request, in order.
+            loop {
+                let (len, head_only) = match classify(&buf, routes.path()) {
+                    Head::Avatar { len, head_only } => (len, head_only),
+                    Head::Partial => break,
+                    Head::Hyper => {
+                        batch.hand_over = true;
+                        break;
                     }
-                    queue(&mut single, &mut out, bytes);
+                };
+                buf.advance(len);
+                let begun = crate::time::now();
+                let (bytes, status) = call(head_only).await;
+                let done = crate::time::now();
+                batch.answered_at = Some(done);
+                let elapsed = done.saturating_sub(begun);
+                let method = [MethodLabel::Get, MethodLabel::Head][usize::from(head_only)];
+                routes.record(Route::Gateway, method, status, elapsed, 1);
+                if routes.access_logging() {
+                    let method = ["GET", "HEAD"][usize::from(head_only)];
+                    routes.access(method, routes.path(), status, elapsed, bytes.len() as u64);
                 }
-                Head::Avatar { len, head_only } => {
-                    buf.advance(len);
-                    answered[usize::from(head_only)] += 1;
-                    answered_at = Some(start);
-                    queue(&mut single, &mut out, routes.avatar_bytes(head_only, start));
-                }
-                Head::Partial => break,
-                Head::Hyper => {
-                    hand_over = true;
-                    break;
-                }
+                batch.queue(&mut out, bytes);
             }
+        } else if fresh > 0 {
+            // Answered straight from the scratch; only what is left over is kept.
+            READ_SCRATCH.with_borrow(|scratch| {
+                let read = &scratch[..std::mem::take(&mut fresh)];
+                let used = batch.answer_avatars(read, routes, start, &mut out);
+                if used < read.len() {
+                    buf.extend_from_slice(&read[used..]);
+                }
+            });
+        } else {
+            let used = batch.answer_avatars(&buf, routes, start, &mut out);
+            buf.advance(used);
         }
-        if flush(&mut stream, &mut single, &mut out).await.is_err() {
+        if flush(&mut stream, &mut batch.single, &mut out)
+            .await
+            .is_err()
+        {
             return Outcome::Closed;
         }
         // One more clock read per batch: pipelined requests share the batch's duration.
+        let answered = batch.answered;
         if answered != [0, 0] {
             let elapsed = crate::time::now().saturating_sub(start);
             routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, answered[0]);
@@ -177,11 +212,11 @@ pub async fn serve(
                 }
             }
         }
-        if hand_over {
+        if batch.hand_over {
             return Outcome::Hyper(Prefixed::new(buf.freeze(), stream));
         }
         if buf.is_empty() {
-            if let Some(at) = answered_at {
+            if let Some(at) = batch.answered_at {
                 idle_since = at;
             }
             head_since = None;
@@ -208,13 +243,18 @@ pub async fn serve(
                 timer_registered = false;
             }
         }
-        buf.reserve(4096);
         // Like `select!` over the read, the shutdown signal and the timer, except that the
         // signal and the timer are polled only to register and afterwards checked by flag:
         // polling them on every wait cost about 300 instructions a request under callgrind.
-        let mut read = std::pin::pin!(stream.read_buf(&mut buf));
+        // The read borrows the scratch only inside each poll, never across a wait.
         let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(read) = read.as_mut().poll(cx) {
+            let read = READ_SCRATCH.with_borrow_mut(|scratch| {
+                let mut read = ReadBuf::new(&mut scratch[..]);
+                Pin::new(&mut stream)
+                    .poll_read(cx, &mut read)
+                    .map_ok(|()| read.filled().len())
+            });
+            if let Poll::Ready(read) = read {
                 return Poll::Ready(Event::Read(read));
             }
             if !stopping_registered || *flag.borrow() {
@@ -234,7 +274,15 @@ pub async fn serve(
         .await;
         match event {
             Event::Read(Ok(0) | Err(_)) => return Outcome::Closed,
-            Event::Read(Ok(_)) => {}
+            Event::Read(Ok(n)) => {
+                if upstream.is_some() || !buf.is_empty() {
+                    // These bytes must outlive the next wait (an upstream call), or join the
+                    // start of a request already kept.
+                    READ_SCRATCH.with_borrow(|scratch| buf.extend_from_slice(&scratch[..n]));
+                } else {
+                    fresh = n;
+                }
+            }
             Event::Stop => stopped = true,
             Event::Timer => {
                 let remaining = deadline.saturating_sub(crate::time::now());
@@ -251,6 +299,61 @@ pub async fn serve(
     }
 }
 
+/// What one pass over the bytes read produced.
+#[derive(Default)]
+struct Batch {
+    /// The only response, kept as the shared `Bytes` (no copy); more go to `out`.
+    single: Option<Bytes>,
+    /// Avatar answers, GET and HEAD.
+    answered: [u64; 2],
+    /// When the batch's last answer was ready: the connection is idle from then on.
+    answered_at: Option<Duration>,
+    /// A request that needs hyper is next.
+    hand_over: bool,
+}
+
+impl Batch {
+    /// Answers the complete avatar requests at the front of `input`; returns how many bytes
+    /// they took. Stops at an incomplete request, or at one that needs hyper.
+    fn answer_avatars(
+        &mut self,
+        input: &[u8],
+        routes: &Routes,
+        now: Duration,
+        out: &mut BytesMut,
+    ) -> usize {
+        let mut used = 0;
+        loop {
+            match classify(&input[used..], routes.path()) {
+                Head::Avatar { len, head_only } => {
+                    used += len;
+                    self.answered[usize::from(head_only)] += 1;
+                    self.answered_at = Some(now);
+                    self.queue(out, routes.avatar_bytes(head_only, now));
+                }
+                Head::Partial => return used,
+                Head::Hyper => {
+                    self.hand_over = true;
+                    return used;
+                }
+            }
+        }
+    }
+
+    /// Adds one response to the pending output: kept as the shared `Bytes` when it is the
+    /// only one (no copy), gathered into `out` when requests were pipelined.
+    fn queue(&mut self, out: &mut BytesMut, bytes: Bytes) {
+        match self.single.take() {
+            None if out.is_empty() => self.single = Some(bytes),
+            Some(first) => {
+                out.extend_from_slice(&first);
+                out.extend_from_slice(&bytes);
+            }
+            None => out.extend_from_slice(&bytes),
+        }
+    }
+}
+
 /// What ended a wait for more bytes.
 enum Event {
     Read(io::Result<usize>),
@@ -263,19 +366,6 @@ enum Event {
 pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
-}
-
-/// Adds one response to the pending output: kept as the shared `Bytes` when it is the only
-/// one (no copy), gathered into `out` when requests were pipelined.
-fn queue(single: &mut Option<Bytes>, out: &mut BytesMut, bytes: Bytes) {
-    match single.take() {
-        None if out.is_empty() => *single = Some(bytes),
-        Some(first) => {
-            out.extend_from_slice(&first);
-            out.extend_from_slice(&bytes);
-        }
-        None => out.extend_from_slice(&bytes),
-    }
 }
 
 async fn flush(

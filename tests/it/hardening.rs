@@ -109,6 +109,50 @@ fn a_thousand_slow_or_idle_connections_leave_normal_requests_fast() {
     drop(parked);
 }
 
+#[test]
+fn an_open_keep_alive_connection_costs_the_server_under_3_kb_of_memory() {
+    // 10,000 connections are a load people run against this service. Each one served once
+    // and left open should cost its task and little else: the read buffer is the worker's,
+    // and hyper's connection state is only made for connections hyper takes over.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let server = crate::support::ChildServer::start(&[]);
+    let resident_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+            .expect("the server is running");
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("a VmRSS line");
+        line.split_whitespace()
+            .nth(1)
+            .expect("a number")
+            .parse::<u64>()
+            .expect("kB")
+    };
+    let served = |client: &mut Client| {
+        client.send(GET);
+        assert_eq!(client.read_response(false).status, 200);
+    };
+    // The worker's own state (read buffer, rendered response) is made on first use.
+    served(&mut Client::connect(server.addr));
+    std::thread::sleep(Duration::from_millis(50));
+    let before = resident_kib();
+    const CONNECTIONS: u64 = 1000;
+    let mut open = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut client = Client::connect(server.addr);
+        served(&mut client);
+        open.push(client);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let per_connection = resident_kib().saturating_sub(before) * 1024 / CONNECTIONS;
+    assert!(
+        per_connection < 3000,
+        "{per_connection} bytes per open connection"
+    );
+    drop(open);
+}
+
 /// Sends `raw` on a fresh connection; returns the status of the first answer (`None` when the
 /// server closed or reset the connection without one) and how long until the server closed.
 fn answer(server: &TestServer, raw: &[u8]) -> (Option<u16>, Duration) {

@@ -167,6 +167,69 @@ fn pipelined_avatar_requests_are_all_answered_in_order() {
 }
 
 #[test]
+fn a_pipeline_longer_than_one_read_is_answered_in_order() {
+    // About 9 KB of requests: more than one read takes (4 KiB), so requests straddle reads
+    // and the connection keeps the start of one while the rest arrives. Every third is a
+    // HEAD, so a response out of order or missing shows as a body where none belongs.
+    const HEAD: &[u8] = b"HEAD /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n";
+    let server = spawn_default();
+    let mut client = server.connect();
+    let mut batch = Vec::new();
+    for index in 0..220 {
+        batch.extend_from_slice(if index % 3 == 0 { HEAD } else { GET });
+    }
+    assert!(batch.len() > 2 * 4096);
+    client.send(&batch);
+    for index in 0..220 {
+        let head = index % 3 == 0;
+        let response = client.read_response(head);
+        assert_eq!(response.status, 200, "response {index}");
+        assert_eq!(
+            response.body.len(),
+            if head { 0 } else { 3696 },
+            "response {index}"
+        );
+        assert_eq!(
+            response.header("content-length"),
+            Some("3696"),
+            "response {index}"
+        );
+    }
+    client.send(GET);
+    assert_eq!(client.read_response(false).body.len(), 3696);
+}
+
+#[test]
+fn connections_of_one_worker_keep_their_unfinished_requests_apart() {
+    // One worker: every connection reads through the same buffer, so each must keep the
+    // start of its own request while the others read.
+    let server = crate::support::spawn(crate::support::config(&["--workers", "1"]));
+    let mut clients: Vec<_> = (0..3).map(|_| server.connect()).collect();
+    let requests: [&[u8]; 3] = [
+        GET,
+        b"HEAD /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n",
+        b"GET /elsewhere HTTP/1.1\r\nHost: test\r\n\r\n",
+    ];
+    for (client, request) in clients.iter_mut().zip(requests) {
+        client.send(&request[..17]);
+    }
+    // Each connection's start has been read before the others send their rest.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for (client, request) in clients.iter_mut().zip(requests).rev() {
+        client.send(&request[17..]);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let get = clients[0].read_response(false);
+    assert_eq!((get.status, get.body.len()), (200, 3696));
+    let head = clients[1].read_response(true);
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("3696"))
+    );
+    assert_eq!(clients[2].read_response(false).status, 404);
+}
+
+#[test]
 fn a_request_split_across_many_writes_is_answered() {
     let server = spawn_default();
     let mut client = server.connect();
