@@ -221,7 +221,9 @@ where
             }
             head_since = None;
         } else if head_since.is_none() {
-            head_since = Some(start);
+            // The head's time starts when the connection is free to wait for it: in gateway
+            // mode, after the upstream calls of the requests ahead of it.
+            head_since = Some(batch.answered_at.unwrap_or(start));
         }
         if stopped {
             // Between requests: close. Mid-request: hyper finishes it with `connection: close`.

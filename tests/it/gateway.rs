@@ -697,6 +697,29 @@ fn a_busy_caller_connection_outlives_the_idle_timeout() {
 }
 
 #[test]
+fn the_header_timeout_of_a_pipelined_head_starts_after_the_calls_before_it() {
+    let upstream = spawn(config(&["--behaviour", "delay=300ms"]));
+    let gateway = gateway(
+        DEFAULT_CLIENT,
+        &[url(&upstream, "/v1/avatar")],
+        &["--header-timeout", "400ms"],
+    );
+    let mut caller = gateway.connect();
+    // A whole request and the start of the next in one write: the gateway spends 300 ms on
+    // the first before it waits for the rest of the second.
+    caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/user HTTP/1.1\r\n");
+    assert_eq!(caller.read_response(false).status, 200);
+    // 500 ms after the head began, 200 ms after the gateway was free to wait for it.
+    std::thread::sleep(Duration::from_millis(200));
+    caller.send(b"Host: t\r\n\r\n");
+    assert_eq!(
+        caller.read_response(false).status,
+        200,
+        "the upstream's time is not the caller's"
+    );
+}
+
+#[test]
 fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
     let client = DEFAULT_CLIENT;
     let upstream = spawn(config(&[]));
