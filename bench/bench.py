@@ -327,14 +327,15 @@ def run_wrk(url: str, wrk_args: list[str], script: str | None, script_args: list
         cmd += ["--", *script_args]
     # wrk's own CPU time, from its rusage: on a machine shared with the server it bounds
     # how many requests per second any server could be driven at.
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+    # Both streams go to files, not pipes: nothing reads a pipe while wait4 waits, so a wrk
+    # that wrote more than a pipe holds would never exit.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-        error = proc.stderr.read()
-        proc.stderr.close()
         if proc.returncode != 0:
-            raise RuntimeError(f"wrk exited with {proc.returncode}: {error}")
+            err.seek(0)
+            raise RuntimeError(f"wrk exited with {proc.returncode}: {err.read()}")
         out.seek(0)
         result = parse_wrk(out.read())
     requests = max(result["requests"], 1)
