@@ -3,12 +3,13 @@
 //! millisecond. Between refreshes every response hands out clones of the same `Bytes`, so a
 //! request costs a clock read and a few reference-count increments: no JSON, no formatting.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::HeaderMap;
 use hyper::header::{CONTENT_TYPE, DATE, HeaderName, HeaderValue, LOCATION};
 
+use crate::body::Content;
 use crate::config::DateHeader;
 use crate::time;
 
@@ -45,35 +46,59 @@ impl Snapshot {
 }
 
 /// One worker's cache of the current millisecond's [`Snapshot`].
+///
+/// Requests ask for it with a monotonic instant, which they read anyway for their durations;
+/// the wall clock is read only to render, when the millisecond the snapshot was rendered for
+/// has run out. A wall clock stepped by NTP is picked up at the next render (within a
+/// millisecond), and no request pays for a second clock read.
 #[derive(Debug)]
 pub struct AvatarCache {
     date_header: DateHeader,
     location: HeaderValue,
-    /// Milliseconds since the epoch that `current` was rendered for.
-    millis: u128,
+    /// The monotonic instant at which the wall clock's millisecond of `current` ends.
+    valid_until: Instant,
     current: Snapshot,
 }
 
+/// One millisecond in nanoseconds.
+const MILLI: u32 = 1_000_000;
+
 impl AvatarCache {
     pub fn new(date_header: DateHeader, location: HeaderValue) -> AvatarCache {
-        let now = time::now();
+        let now = Instant::now();
+        let wall = time::now();
         AvatarCache {
-            current: render(date_header, &location, now),
+            current: render(date_header, &location, wall),
             date_header,
             location,
-            millis: now.as_millis(),
+            valid_until: millisecond_end(now, wall),
         }
     }
 
-    /// The snapshot for `now`, re-rendered only when the millisecond has changed.
-    pub fn at(&mut self, now: Duration) -> &Snapshot {
-        let millis = now.as_millis();
-        if millis != self.millis {
-            self.millis = millis;
-            self.current = render(self.date_header, &self.location, now);
+    /// The snapshot for the monotonic instant `now`, re-rendered only once the wall clock's
+    /// millisecond has changed.
+    #[inline]
+    pub fn at(&mut self, now: Instant) -> &Snapshot {
+        if now >= self.valid_until {
+            self.refresh(now);
         }
         &self.current
     }
+
+    #[cold]
+    fn refresh(&mut self, now: Instant) {
+        let wall = time::now();
+        self.current = render(self.date_header, &self.location, wall);
+        self.valid_until = millisecond_end(now, wall);
+    }
+}
+
+/// When (on the monotonic clock) the millisecond of the wall-clock reading `wall`, taken at
+/// or after `now`, ends. Measured from `now`, so it is never late: at worst a snapshot is
+/// rendered twice in one millisecond.
+fn millisecond_end(now: Instant, wall: Duration) -> Instant {
+    let into = wall.subsec_nanos() % MILLI;
+    now + Duration::from_nanos(u64::from(MILLI - into))
 }
 
 /// Renders the response for the instant `now`. The body's `createdAt` and the `date` header
@@ -121,7 +146,7 @@ pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) ->
 const SEPARATOR: &str = "} , {";
 
 /// The body with `count` avatars (`count=N`), its first `createdAt` still the seed's (patch it
-/// with [`patch_created_at`]). The first 20 are the seed's, byte for byte; from 21 on they are
+/// with [`created_now`]). The first 20 are the seed's, byte for byte; from 21 on they are
 /// generated deterministically in the same shape; `count` of 20 gives [`TEMPLATE`] itself.
 pub fn list(count: u32) -> Bytes {
     let seed = std::str::from_utf8(TEMPLATE).expect("the seed body is ASCII");
@@ -164,12 +189,13 @@ fn generated(id: u32, seed_avatar: &str) -> String {
     )
 }
 
-/// Copies `list` with its first `createdAt` set to `now`.
-pub fn patch_created_at(list: &[u8], now: Duration) -> Bytes {
-    let mut body = BytesMut::from(list);
-    body[CREATED_AT_OFFSET..CREATED_AT_OFFSET + time::CREATED_AT_LEN]
-        .copy_from_slice(&time::created_at(now));
-    body.freeze()
+/// `list` with its first `createdAt` set to `now` (since the epoch): a patched copy of the
+/// bytes up to the end of that value, and the rest of `list` shared, not copied.
+pub fn created_now(list: &Bytes, now: Duration) -> Content {
+    let end = CREATED_AT_OFFSET + time::CREATED_AT_LEN;
+    let mut first = BytesMut::from(&list[..end]);
+    first[CREATED_AT_OFFSET..].copy_from_slice(&time::created_at(now));
+    Content::new(first.freeze(), list.slice(end..))
 }
 
 #[cfg(test)]
@@ -264,26 +290,49 @@ mod tests {
     }
 
     #[test]
-    fn patching_sets_only_the_first_created_at() {
-        let body = patch_created_at(&list(3), Duration::new(1_798_761_599, 123_000_000));
+    fn patching_sets_only_the_first_created_at_and_shares_the_rest() {
+        let template = list(3);
+        let content = created_now(&template, Duration::new(1_798_761_599, 123_000_000));
+        let body = content.to_bytes();
         assert_eq!(&body[17..41], b"2026-12-31T23:59:59.123Z");
-        assert_eq!(&body[41..], &list(3)[41..]);
+        assert_eq!(&body[..17], &template[..17]);
+        assert_eq!(&body[41..], &template[41..]);
+        assert_eq!(content.len(), template.len());
     }
 
     #[test]
-    fn cache_renders_once_per_millisecond() {
-        let start = Duration::new(1_798_761_599, 100_000_000);
+    fn cache_renders_at_most_once_per_millisecond_and_shows_the_wall_clock() {
         let mut cache = AvatarCache::new(DateHeader::Rfc3339, LOCATION_VALUE);
-        let first = cache.at(start).wire.clone();
-        let same_ms = cache.at(start + Duration::from_micros(999)).wire.clone();
+        let start = Instant::now();
+        let before = time::now();
+        let first = cache.at(start + Duration::from_millis(1)).clone();
+        let after = time::now();
+        let same_ms = cache.at(start + Duration::from_millis(1)).wire.clone();
         assert_eq!(
-            first.as_ptr(),
+            first.wire.as_ptr(),
             same_ms.as_ptr(),
-            "same millisecond, same buffer"
+            "same instant, same buffer"
         );
-        let next = cache.at(start + Duration::from_millis(1)).clone();
-        assert_ne!(first.as_ptr(), next.wire.as_ptr());
-        assert_eq!(&next.body[17..41], b"2026-12-31T23:59:59.101Z");
-        assert_eq!(next.headers[DATE], "2026-12-31T23:59:59.101000000+00:00");
+        // The rendered millisecond is the wall clock's at the render.
+        let shown = std::str::from_utf8(&first.body[17..41]).expect("ASCII");
+        let (low, high) = (time::created_at(before), time::created_at(after));
+        assert!(
+            shown.as_bytes() >= &low[..] && shown.as_bytes() <= &high[..],
+            "{shown}"
+        );
+        let next = cache.at(start + Duration::from_millis(3));
+        assert_ne!(first.wire.as_ptr(), next.wire.as_ptr());
+    }
+
+    #[test]
+    fn a_snapshot_is_good_until_its_wall_clock_millisecond_ends() {
+        let now = Instant::now();
+        let wall = Duration::new(1_798_761_599, 100_250_000);
+        assert_eq!(millisecond_end(now, wall), now + Duration::from_micros(750));
+        let on_the_edge = Duration::new(1_798_761_599, 100_000_000);
+        assert_eq!(
+            millisecond_end(now, on_the_edge),
+            now + Duration::from_millis(1)
+        );
     }
 }

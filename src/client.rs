@@ -40,6 +40,8 @@ pub enum ErrorKind {
     Closed,
     /// The answer is not HTTP/1.x as this client reads it.
     Malformed,
+    /// The answer's body is larger than the pool's limit (`--max-upstream-body`).
+    TooLarge,
 }
 
 /// Why a call failed, with the cause as text.
@@ -61,6 +63,13 @@ impl Error {
         Error {
             kind: ErrorKind::Malformed,
             cause: cause.to_string(),
+        }
+    }
+
+    fn too_large(limit: usize) -> Error {
+        Error {
+            kind: ErrorKind::TooLarge,
+            cause: format!("body over {limit} bytes (--max-upstream-body)"),
         }
     }
 }
@@ -92,10 +101,12 @@ struct Connection {
     buffer: BytesMut,
 }
 
-/// One worker's idle connections, a list per upstream (by index), at most `max_idle` each.
+/// One worker's idle connections, a list per upstream (by index), at most `max_idle` each;
+/// no answer's body may be larger than `max_body`.
 pub struct Pool {
     idle: RefCell<Vec<Vec<Connection>>>,
     max_idle: usize,
+    max_body: usize,
 }
 
 impl std::fmt::Debug for Pool {
@@ -104,23 +115,26 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("idle", &idle)
             .field("max_idle", &self.max_idle)
+            .field("max_body", &self.max_body)
             .finish()
     }
 }
 
 impl Pool {
-    pub fn new(upstreams: usize, max_idle: usize) -> Pool {
+    pub fn new(upstreams: usize, max_idle: usize, max_body: usize) -> Pool {
         Pool {
             idle: RefCell::new((0..upstreams).map(|_| Vec::new()).collect()),
             max_idle,
+            max_body,
         }
     }
 
     /// Sends `request` (a whole GET, head only) to upstream `index` on an idle connection, or
-    /// a new one to `target`, and reads the answer. Idle connections the upstream has closed
-    /// are dropped unused. A connection that fails once the request is on it is an error, not
-    /// a reason to send again: the upstream may have received it (an injected `fault=close`,
-    /// say), and the caller should see that as hyper-util's client would show it.
+    /// a new one to `target`, and reads the answer. Idle connections the upstream has closed,
+    /// or written anything on, are dropped unused. A connection that fails once the request is
+    /// on it is an error, not a reason to send again: the upstream may have received it (an
+    /// injected `fault=close`, say), and the caller should see that as hyper-util's client
+    /// would show it.
     pub async fn send(
         &self,
         index: usize,
@@ -130,7 +144,7 @@ impl Pool {
         loop {
             let idle = self.idle.borrow_mut()[index].pop();
             let Some(connection) = idle else { break };
-            if !closed_while_idle(&connection) {
+            if fit_for_reuse(&connection) {
                 return self.exchange(index, connection, request).await;
             }
         }
@@ -160,8 +174,13 @@ impl Pool {
         if let Err(err) = connection.stream.write_all(request).await {
             return Err(Error::closed(err));
         }
-        let (response, reusable) = read_response(&mut connection).await?;
+        let (response, reusable, read) = read_response(&mut connection, self.max_body).await?;
         if reusable && connection.buffer.is_empty() {
+            if read > READ_SIZE / 2 {
+                // The body shares the buffer's allocation, which may have grown to hold it:
+                // an idle connection keeps a fresh, small one instead.
+                connection.buffer = BytesMut::with_capacity(READ_SIZE);
+            }
             let mut idle = self.idle.borrow_mut();
             if idle[index].len() < self.max_idle {
                 idle[index].push(connection);
@@ -171,13 +190,25 @@ impl Pool {
     }
 }
 
-/// Whether the upstream closed or reset `connection` while it sat idle, as the last events the
-/// runtime saw for its socket say (no system call).
-fn closed_while_idle(connection: &Connection) -> bool {
+/// Whether `connection`, idle in the pool, may carry another request: not when the upstream
+/// closed or reset it, nor when it wrote anything while no request was out, which read as
+/// the next answer would hand a caller an answer meant for nobody (hyper-util's client
+/// discards such a connection too). The runtime's last readiness for the socket says so
+/// without a system call; only a readable socket is looked at, with one non-blocking read.
+fn fit_for_reuse(connection: &Connection) -> bool {
     match connection.stream.ready(Interest::READABLE).now_or_never() {
-        Some(Ok(ready)) => ready.is_read_closed() || ready.is_error(),
-        Some(Err(_)) => true,
-        None => false,
+        None => true,
+        Some(Ok(ready)) if ready.is_read_closed() || ready.is_error() => false,
+        Some(Ok(_)) => {
+            // Readiness left from the last answer, or unsolicited bytes: only "nothing to
+            // read" keeps the connection.
+            let mut byte = [0u8; 1];
+            matches!(
+                connection.stream.try_read(&mut byte),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock
+            )
+        }
+        Some(Err(_)) => false,
     }
 }
 
@@ -205,13 +236,19 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Reads one whole answer (skipping informational ones); says with it whether the connection
-/// may be reused.
-async fn read_response(connection: &mut Connection) -> Result<(Response, bool), Error> {
+/// Reads one whole answer (skipping informational ones), refusing a body over `max_body`;
+/// says with it whether the connection may be reused, and how many bytes of head and body
+/// were read.
+async fn read_response(
+    connection: &mut Connection,
+    max_body: usize,
+) -> Result<(Response, bool, usize), Error> {
+    let mut read = 0;
     let head = loop {
         match parse_head(&connection.buffer)? {
             Some((length, head)) => {
                 connection.buffer.advance(length);
+                read += length;
                 if head.status.is_informational() {
                     continue;
                 }
@@ -224,16 +261,42 @@ async fn read_response(connection: &mut Connection) -> Result<(Response, bool), 
         }
     };
     let (body, reusable) = match head.framing {
+        // A declared length over the limit is refused before a byte of the body is read.
+        Framing::Length(length) if length > max_body => return Err(Error::too_large(max_body)),
         Framing::Length(length) => (read_length(connection, length).await?, head.keep_alive),
-        Framing::Chunked => (read_chunked(connection).await?, head.keep_alive),
-        Framing::Close => (read_to_end(connection).await?, false),
+        Framing::Chunked => (read_chunked(connection, max_body).await?, head.keep_alive),
+        Framing::Close => (read_to_end(connection, max_body).await?, false),
     };
+    read += body.len();
     let response = Response {
         status: head.status,
         content_type: head.content_type,
         body,
     };
-    Ok((response, reusable))
+    Ok((response, reusable, read))
+}
+
+/// A `content-length` value: ASCII digits only (RFC 9110: no sign, space, comma or radix
+/// prefix), no more than a `u64` holds.
+fn parse_content_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The size on a chunk-size line: hex digits only (no sign, space, comma or `0x`), then
+/// nothing or an extension (`;`, which RFC 9112 lets whitespace precede).
+fn chunk_size(line: &[u8]) -> Option<usize> {
+    let digits = line
+        .iter()
+        .position(|byte| !byte.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let after = &line[digits..];
+    if digits == 0 || !(after.is_empty() || after.trim_ascii_start().starts_with(b";")) {
+        return None;
+    }
+    usize::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 /// The head at the start of `buffer` with its length in bytes, or `None` when it is not all
@@ -261,9 +324,7 @@ fn parse_head(buffer: &[u8]) -> Result<Option<(usize, Head)>, Error> {
         if name.eq_ignore_ascii_case("content-type") {
             content_type = HeaderValue::from_bytes(header.value).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
-            let length = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|value| value.trim().parse().ok())
+            let length = parse_content_length(header.value)
                 .ok_or_else(|| Error::malformed("invalid content-length"))?;
             if content_length.is_some_and(|seen| seen != length) {
                 return Err(Error::malformed("conflicting content-length headers"));
@@ -332,12 +393,20 @@ async fn fill_to(connection: &mut Connection, needed: usize) -> Result<(), Error
 }
 
 async fn read_length(connection: &mut Connection, length: usize) -> Result<Bytes, Error> {
+    // Room for the whole body at once (it is under the limit), rather than doubling up to it.
+    connection
+        .buffer
+        .reserve(length.saturating_sub(connection.buffer.len()));
     fill_to(connection, length).await?;
     Ok(connection.buffer.split_to(length).freeze())
 }
 
-async fn read_to_end(connection: &mut Connection) -> Result<Bytes, Error> {
+/// Reads a body that ends with the connection, refused the moment it passes `max_body`.
+async fn read_to_end(connection: &mut Connection, max_body: usize) -> Result<Bytes, Error> {
     loop {
+        if connection.buffer.len() > max_body {
+            return Err(Error::too_large(max_body));
+        }
         match fill(connection).await {
             Ok(true) => {}
             Ok(false) => return Ok(connection.buffer.split().freeze()),
@@ -346,19 +415,29 @@ async fn read_to_end(connection: &mut Connection) -> Result<Bytes, Error> {
     }
 }
 
-/// Reads a chunked body: size lines, chunks, then trailers up to an empty line.
-async fn read_chunked(connection: &mut Connection) -> Result<Bytes, Error> {
+/// Reads a chunked body: size lines, chunks, then trailers up to an empty line. A chunk that
+/// would take the body past `max_body` is refused as soon as its size is read.
+async fn read_chunked(connection: &mut Connection, max_body: usize) -> Result<Bytes, Error> {
     let mut body = BytesMut::new();
     loop {
         let line = read_line(connection).await?;
-        let size = std::str::from_utf8(&line)
-            .ok()
-            .map(|line| line.split(';').next().unwrap_or_default().trim())
-            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
-            .ok_or_else(|| Error::malformed("invalid chunk size line"))?;
+        let size = chunk_size(&line).ok_or_else(|| Error::malformed("invalid chunk size line"))?;
+        if size > max_body - body.len() {
+            return Err(Error::too_large(max_body));
+        }
         if size == 0 {
             // Trailers, if any, end with an empty line; the gateway passes none on.
-            while !read_line(connection).await?.is_empty() {}
+            let mut trailers = 0;
+            loop {
+                let line = read_line(connection).await?;
+                if line.is_empty() {
+                    break;
+                }
+                trailers += line.len() + 2;
+                if trailers > MAX_HEAD {
+                    return Err(Error::malformed("trailers over 64 KiB"));
+                }
+            }
             return Ok(body.freeze());
         }
         let framed = size

@@ -26,6 +26,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive connections idle longer than this are closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write that makes no progress for this long means a client that stopped reading.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest upstream body the gateway reads: far above any answer a load test passes on,
+/// far below what would exhaust a container's memory.
+pub const DEFAULT_MAX_UPSTREAM_BODY: usize = 16 * 1024 * 1024;
 
 /// The default `--max-delay`, `--max-hang`: long enough for any realistic slow upstream.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(60);
@@ -141,6 +146,14 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
 
+    /// Close a connection whose pending answer makes no progress for this long (a client that stopped reading).
+    #[arg(long, env = "M2_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub write_timeout: Duration,
+
+    /// Serve every request through hyper, without the fast path (for comparisons).
+    #[arg(long, env = "M2_NO_FAST_PATH")]
+    pub no_fast_path: bool,
+
     /// Close new connections at once above this many open [default: the open-files limit less 64].
     #[arg(long, env = "M2_MAX_CONNECTIONS", value_name = "N", value_parser = parse_workers)]
     pub max_connections: Option<NonZeroUsize>,
@@ -203,6 +216,8 @@ impl Default for Config {
             seed: None,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            no_fast_path: false,
             max_connections: None,
             admin_port: None,
             shutdown_delay: Duration::ZERO,
@@ -255,27 +270,36 @@ impl Config {
             .map_err(|err| invalid(err, &command))?;
         let mut config =
             Config::from_arg_matches(&matches).map_err(|err| invalid(err, &command))?;
+        if gateway {
+            let args =
+                GatewayArgs::from_arg_matches(&matches).map_err(|err| invalid(err, &command))?;
+            config.gateway = Some(args.into_config().map_err(ConfigError::Invalid)?);
+        }
         if let Some(text) = &config.behaviour {
             // M2_BEHAVIOUR, or M1_BEHAVIOUR in gateway mode: whatever the command says.
             let env = env_name_of("--behaviour", &command).unwrap_or_default();
             config.profile = Controls::parse(text, &config.limits(), Unknown::Reject)
-                .and_then(|profile| match profile.count {
-                    Some(_) if gateway => Err(crate::behaviour::BehaviourError::new(
-                        "count",
-                        "no count: the gateway passes the upstream's body on",
-                    )),
-                    _ => Ok(profile),
+                .and_then(|profile| {
+                    // The longest body the profile could pace: the upstream's, in gateway mode.
+                    let longest = match (&config.gateway, profile.count) {
+                        (Some(_), Some(_)) => {
+                            return Err(crate::behaviour::BehaviourError::new(
+                                "count",
+                                "no count: the gateway passes the upstream's body on",
+                            ));
+                        }
+                        (Some(gateway), None) => gateway.max_upstream_body,
+                        (None, Some(count)) => crate::avatar::list(count).len(),
+                        (None, None) => crate::avatar::TEMPLATE.len(),
+                    };
+                    profile.check_rate(longest, &config.limits())?;
+                    Ok(profile)
                 })
                 .map_err(|err| {
                     ConfigError::Invalid(format!(
                         "invalid value '{text}' for '--behaviour <CONTROLS>': {err} (flag or env {env})"
                     ))
                 })?;
-        }
-        if gateway {
-            let args =
-                GatewayArgs::from_arg_matches(&matches).map_err(|err| invalid(err, &command))?;
-            config.gateway = Some(args.into_config().map_err(ConfigError::Invalid)?);
         }
         Ok(config)
     }
@@ -300,9 +324,10 @@ impl Config {
     }
 
     /// Whether every request can take the fast path's fixed answer: no server-wide profile
-    /// and no load shedding, which both need each request counted and planned.
+    /// and no load shedding, which both need each request counted and planned, and no
+    /// `--no-fast-path`.
     pub fn fast_path_allowed(&self) -> bool {
-        self.profile.is_empty() && self.max_inflight.is_none()
+        self.profile.is_empty() && self.max_inflight.is_none() && !self.no_fast_path
     }
 
     /// The number of workers to run: the configured count, or the CPUs this process may use
@@ -320,7 +345,7 @@ pub const GATEWAY_PATH: &str = "/v1/user";
 
 /// In gateway mode the `M2_*` variables describe the upstream, so the gateway's own settings
 /// read `M1_*` ones: (argument, variable).
-const GATEWAY_ENV: [(&str, &str); 10] = [
+const GATEWAY_ENV: [(&str, &str); 12] = [
     ("host", "M1_DOMAIN"),
     ("port", "M1_PORT"),
     ("path", "M1_PATH"),
@@ -331,6 +356,8 @@ const GATEWAY_ENV: [(&str, &str); 10] = [
     ("admin_port", "M1_ADMIN_PORT"),
     ("http2", "M1_HTTP2"),
     ("log_format", "M1_LOG_FORMAT"),
+    ("write_timeout", "M1_WRITE_TIMEOUT"),
+    ("no_fast_path", "M1_NO_FAST_PATH"),
 ];
 
 /// `microservice2 gateway`: the serve mode's flags with the gateway's defaults and `M1_*`
@@ -404,6 +431,10 @@ struct GatewayArgs {
     /// (same pooling and failure policy, about a third of the instructions per call).
     #[arg(long, env = "M1_CLIENT", value_name = "CLIENT", value_enum, default_value_t = ClientKind::HyperUtil)]
     client: ClientKind,
+
+    /// Refuse (502) an upstream answer whose body is larger than this: bytes, or with KiB, MiB, GiB, kB, MB, GB.
+    #[arg(long, env = "M1_MAX_UPSTREAM_BODY", value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    max_upstream_body: usize,
 }
 
 /// The HTTP/1.1 client the gateway calls its upstreams with.
@@ -442,6 +473,7 @@ impl GatewayArgs {
             pool_max_idle: self.pool_max_idle,
             forward_behaviour: self.forward_behaviour,
             client: self.client,
+            max_upstream_body: self.max_upstream_body,
         })
     }
 }
@@ -457,6 +489,8 @@ pub struct GatewayConfig {
     pub pool_max_idle: usize,
     pub forward_behaviour: bool,
     pub client: ClientKind,
+    /// `--max-upstream-body`, in bytes.
+    pub max_upstream_body: usize,
 }
 
 /// One upstream: the URL as given and as parsed.
@@ -592,6 +626,32 @@ fn parse_ratio(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(ratio) if ratio > 0.0 && ratio <= 1.0 => Ok(ratio),
         _ => Err("expected a fraction above 0 and at most 1, such as 0.01".to_owned()),
+    }
+}
+
+/// Parses a size in bytes: `512`, `64KiB`, `16MiB`, `1GiB`, or decimal `kB`, `MB`, `GB`; at
+/// least 1 byte, at most 1 TiB.
+pub fn parse_size(value: &str) -> Result<usize, String> {
+    const EXPECTED: &str = "expected a size such as 512, 64KiB, 16MiB or 1GiB";
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let multiplier: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(EXPECTED.to_owned()),
+    };
+    let number: u64 = number.parse().map_err(|_| EXPECTED.to_owned())?;
+    match number.checked_mul(multiplier) {
+        Some(0) => Err("must be at least 1 byte".to_owned()),
+        Some(bytes) if bytes <= 1 << 40 => usize::try_from(bytes).map_err(|_| EXPECTED.to_owned()),
+        _ => Err("at most 1TiB".to_owned()),
     }
 }
 

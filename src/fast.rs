@@ -9,6 +9,13 @@
 //! avatar request (request parsing ~1,600, response encoding ~1,150, dispatch and flushing);
 //! this path spends a fraction of that (figures in bench/RESULTS.md).
 //!
+//! Held to hyper's standard: a connection's memory is bounded whatever a client sends (answers
+//! are written from the shared rendered bytes, at most [`MAX_PENDING`] at a time), a write that
+//! stops making progress ends the connection at the write timeout, each request head gets the
+//! whole header timeout from its first byte, and every deadline and duration is read from the
+//! monotonic clock. `tests/it/differential.rs` sends the same generated streams here and to
+//! hyper alone (`--no-fast-path`) and asserts the same bytes back.
+//!
 //! [`Snapshot`]: crate::avatar::Snapshot
 
 use std::cell::RefCell;
@@ -19,12 +26,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{MethodLabel, Route};
-use crate::routes::Routes;
+use crate::metrics::{CloseReason, MethodLabel, Route};
+use crate::routes::{GatewayWire, Routes};
 
 /// Headers a fast-path request may carry; one more sends it to hyper (whose limit is 100).
 const MAX_HEADERS: usize = 32;
@@ -87,8 +95,8 @@ pub fn classify(buf: &[u8], path: &str) -> Head {
 /// How a fast-path connection ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The peer closed, an I/O error ended it, or shutdown closed it between requests.
-    Closed,
+    /// Closed, and why: the peer closed, an error, a timeout, or shutdown between requests.
+    Closed(CloseReason),
     /// Hyper must take over: the stream, with the bytes read ahead of it in front.
     Hyper(Prefixed),
 }
@@ -107,14 +115,23 @@ thread_local! {
 
 /// Serve mode's stand-in for an upstream call: never made, and a future of no size, so a
 /// serve-mode connection's task holds nothing for it.
-pub type NoUpstream = fn(bool) -> std::future::Pending<(Bytes, u16)>;
+pub type NoUpstream = fn(bool) -> std::future::Pending<GatewayWire>;
+
+/// How long a connection may take over a request head, stay idle between requests, and wait
+/// on a write that makes no progress.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub idle: Duration,
+    pub write: Duration,
+}
 
 /// Serves fast-path requests on `stream` until the connection ends or needs hyper; `stop`
 /// turns true when shutdown begins. In gateway mode `upstream` answers each plain GET
-/// (`false`) or HEAD (`true`) with the wire bytes and status to send back; in serve mode it
-/// is `None` and the avatar is the answer.
+/// (`false`) or HEAD (`true`) with the bytes to send back; in serve mode it is `None` and the
+/// avatar is the answer.
 pub async fn serve<Call, Answer>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     routes: &Routes,
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
@@ -122,14 +139,20 @@ pub async fn serve<Call, Answer>(
 ) -> Outcome
 where
     Call: Fn(bool) -> Answer,
-    Answer: Future<Output = (Bytes, u16)>,
+    Answer: Future<Output = GatewayWire>,
 {
-    // The bytes of an incomplete request, or in gateway mode every byte read; usually empty
-    // and unallocated.
-    let mut buf = BytesMut::new();
-    // How many bytes the last read left in `READ_SCRATCH`, still to be answered.
-    let mut fresh = 0;
-    let mut out = BytesMut::new();
+    let mut conn = Connection {
+        stream,
+        routes,
+        timeouts,
+        buf: BytesMut::new(),
+        fresh: 0,
+        keep_all: upstream.is_some(),
+        release_buf: false,
+        output: Output::default(),
+        idle_since: Instant::now(),
+        head_since: None,
+    };
     // Polled once to register for the shutdown signal; after that the wake-up it arranges is
     // enough, and a cheap look at the flag replaces polling it on every request.
     let flag = stop.clone();
@@ -140,110 +163,49 @@ where
     });
     let mut stopping_registered = false;
     let mut stopped = false;
-    // One timer per connection, armed for the idle timeout and moved only when it fires early
-    // or a partial head needs an earlier deadline: no timer work on an ordinary request.
+    // One timer per connection, for whichever deadline is next (idle, header or write). It is
+    // moved only when it would fire late or has fired early: no timer work on an ordinary
+    // request.
     let mut timer = std::pin::pin!(tokio::time::sleep(timeouts.idle));
     let mut timer_registered = false;
-    let mut idle_since = crate::time::now();
-    let mut head_since: Option<Duration> = None;
     loop {
-        // Answer every complete request read (more than one when pipelined). The batch's
-        // clock read serves both the responses' timestamps and its duration.
-        let start = crate::time::now();
+        // Step 1: answer every complete request read (more than one when pipelined), up to
+        // what one write may carry. The batch's clock read dates its answers (through the
+        // avatar cache) and starts its duration.
+        let start = Instant::now();
         let mut batch = Batch::default();
-        if let Some(call) = &upstream {
-            // Gateway mode: one upstream call per request, in order.
-            loop {
-                let (len, head_only) = match classify(&buf, routes.path()) {
-                    Head::Avatar { len, head_only } => (len, head_only),
-                    Head::Partial => break,
-                    Head::Hyper => {
-                        batch.hand_over = true;
-                        break;
-                    }
-                };
-                buf.advance(len);
-                let begun = crate::time::now();
-                let (bytes, status) = call(head_only).await;
-                let done = crate::time::now();
-                batch.answered_at = Some(done);
-                let elapsed = done.saturating_sub(begun);
-                let method = [MethodLabel::Get, MethodLabel::Head][usize::from(head_only)];
-                routes.record(Route::Gateway, method, status, elapsed, 1);
-                if routes.access_logging() {
-                    let method = ["GET", "HEAD"][usize::from(head_only)];
-                    routes.access(method, routes.path(), status, elapsed, bytes.len() as u64);
-                }
-                batch.queue(&mut out, bytes);
-            }
-        } else if fresh > 0 {
-            // Answered straight from the scratch; only what is left over is kept.
-            READ_SCRATCH.with_borrow(|scratch| {
-                let read = &scratch[..std::mem::take(&mut fresh)];
-                let used = batch.answer_avatars(read, routes, start, &mut out);
-                if used < read.len() {
-                    buf.extend_from_slice(&read[used..]);
-                }
-            });
-        } else {
-            let used = batch.answer_avatars(&buf, routes, start, &mut out);
-            buf.advance(used);
+        match &upstream {
+            Some(call) => conn.answer_calls(call, &mut batch).await,
+            None => conn.answer_avatars(start, &mut batch),
         }
-        if flush(&mut stream, &mut batch.single, &mut out)
-            .await
-            .is_err()
-        {
-            return Outcome::Closed;
+        // Step 2: write the answers; a write that stops making progress ends the connection.
+        match conn.flush(timer.as_mut()).await {
+            Ok(false) => {}
+            // The wait used the timer: it is re-armed below.
+            Ok(true) => timer_registered = false,
+            Err(reason) => return Outcome::Closed(reason),
         }
-        // One more clock read per batch: pipelined requests share the batch's duration.
-        let answered = batch.answered;
-        if answered != [0, 0] {
-            let elapsed = crate::time::now().saturating_sub(start);
-            routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, answered[0]);
-            routes.record(Route::Avatar, MethodLabel::Head, 200, elapsed, answered[1]);
-            if routes.access_logging() {
-                let bytes = crate::avatar::TEMPLATE.len() as u64;
-                for (method, count, bytes) in
-                    [("GET", answered[0], bytes), ("HEAD", answered[1], 0)]
-                {
-                    for _ in 0..count {
-                        routes.access(method, routes.path(), 200, elapsed, bytes);
-                    }
-                }
-            }
-        }
+        conn.record(&mut batch, start);
+        // Step 3: hand over, go on answering, or wait.
         if batch.hand_over {
-            return Outcome::Hyper(Prefixed::new(buf.freeze(), stream));
+            return conn.hand_over();
         }
-        if buf.is_empty() {
-            if let Some(at) = batch.answered_at {
-                idle_since = at;
-            }
-            head_since = None;
-        } else if head_since.is_none() {
-            // The head's time starts when the connection is free to wait for it: in gateway
-            // mode, after the upstream calls of the requests ahead of it.
-            head_since = Some(batch.answered_at.unwrap_or(start));
+        if batch.full {
+            continue;
         }
+        conn.settle(&batch, start);
         if stopped {
             // Between requests: close. Mid-request: hyper finishes it with `connection: close`.
-            return if buf.is_empty() {
-                Outcome::Closed
+            return if conn.buf.is_empty() {
+                Outcome::Closed(CloseReason::Shutdown)
             } else {
-                Outcome::Hyper(Prefixed::new(buf.freeze(), stream))
+                conn.hand_over()
             };
         }
-        let deadline = match head_since {
-            Some(since) => since + timeouts.header,
-            None => idle_since + timeouts.idle,
-        };
-        if head_since.is_some() {
-            let remaining = deadline.saturating_sub(crate::time::now());
-            let at = tokio::time::Instant::now() + remaining;
-            if timer.deadline() > at {
-                timer.as_mut().reset(at);
-                timer_registered = false;
-            }
+        let deadline = conn.deadline();
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+            timer_registered = false;
         }
         // Like `select!` over the read, the shutdown signal and the timer, except that the
         // signal and the timer are polled only to register and afterwards checked by flag:
@@ -252,7 +214,7 @@ where
         let event = std::future::poll_fn(|cx| {
             let read = READ_SCRATCH.with_borrow_mut(|scratch| {
                 let mut read = ReadBuf::new(&mut scratch[..]);
-                Pin::new(&mut stream)
+                Pin::new(&mut conn.stream)
                     .poll_read(cx, &mut read)
                     .map_ok(|()| read.filled().len())
             });
@@ -275,83 +237,18 @@ where
         })
         .await;
         match event {
-            Event::Read(Ok(0) | Err(_)) => return Outcome::Closed,
-            Event::Read(Ok(n)) => {
-                if upstream.is_some() || !buf.is_empty() {
-                    // These bytes must outlive the next wait (an upstream call), or join the
-                    // start of a request already kept.
-                    READ_SCRATCH.with_borrow(|scratch| buf.extend_from_slice(&scratch[..n]));
-                } else {
-                    fresh = n;
-                }
-            }
+            Event::Read(Ok(0)) => return Outcome::Closed(CloseReason::Client),
+            Event::Read(Err(err)) => return Outcome::Closed(CloseReason::of_io(&err)),
+            Event::Read(Ok(n)) => conn.took(n),
             Event::Stop => stopped = true,
             Event::Timer => {
-                let remaining = deadline.saturating_sub(crate::time::now());
-                if remaining.is_zero() {
-                    // Slow head (slowloris) or idle keep-alive connection: close it.
-                    return Outcome::Closed;
+                if Instant::now() >= deadline {
+                    // A slow head (slowloris), or a keep-alive connection left idle.
+                    return Outcome::Closed(conn.timed_out());
                 }
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + remaining);
+                timer.as_mut().reset(deadline);
                 timer_registered = false;
             }
-        }
-    }
-}
-
-/// What one pass over the bytes read produced.
-#[derive(Default)]
-struct Batch {
-    /// The only response, kept as the shared `Bytes` (no copy); more go to `out`.
-    single: Option<Bytes>,
-    /// Avatar answers, GET and HEAD.
-    answered: [u64; 2],
-    /// When the batch's last answer was ready: the connection is idle from then on.
-    answered_at: Option<Duration>,
-    /// A request that needs hyper is next.
-    hand_over: bool,
-}
-
-impl Batch {
-    /// Answers the complete avatar requests at the front of `input`; returns how many bytes
-    /// they took. Stops at an incomplete request, or at one that needs hyper.
-    fn answer_avatars(
-        &mut self,
-        input: &[u8],
-        routes: &Routes,
-        now: Duration,
-        out: &mut BytesMut,
-    ) -> usize {
-        let mut used = 0;
-        loop {
-            match classify(&input[used..], routes.path()) {
-                Head::Avatar { len, head_only } => {
-                    used += len;
-                    self.answered[usize::from(head_only)] += 1;
-                    self.answered_at = Some(now);
-                    self.queue(out, routes.avatar_bytes(head_only, now));
-                }
-                Head::Partial => return used,
-                Head::Hyper => {
-                    self.hand_over = true;
-                    return used;
-                }
-            }
-        }
-    }
-
-    /// Adds one response to the pending output: kept as the shared `Bytes` when it is the
-    /// only one (no copy), gathered into `out` when requests were pipelined.
-    fn queue(&mut self, out: &mut BytesMut, bytes: Bytes) {
-        match self.single.take() {
-            None if out.is_empty() => self.single = Some(bytes),
-            Some(first) => {
-                out.extend_from_slice(&first);
-                out.extend_from_slice(&bytes);
-            }
-            None => out.extend_from_slice(&bytes),
         }
     }
 }
@@ -363,40 +260,388 @@ enum Event {
     Timer,
 }
 
-/// How long a connection may take over a request head, and stay idle between requests.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub header: Duration,
-    pub idle: Duration,
+/// One fast-path connection's state between its steps: read, answer, flush, record, settle
+/// (its deadlines), and hand over to hyper.
+struct Connection<'a> {
+    stream: TcpStream,
+    routes: &'a Routes,
+    timeouts: Timeouts,
+    /// The bytes of an incomplete request, or in gateway mode every byte read; usually empty
+    /// and unallocated. Never more than an unfinished head (under [`MAX_HEAD`]) and one read.
+    buf: BytesMut,
+    /// How many bytes the last read left in `READ_SCRATCH`, still to be answered.
+    fresh: usize,
+    /// Gateway mode: every byte read is kept, since answering waits on the upstream.
+    keep_all: bool,
+    /// `buf` holds an allocation to give back once it is empty.
+    release_buf: bool,
+    output: Output,
+    /// When the connection last became idle (its last answer was written).
+    idle_since: Instant,
+    /// When the first byte of the head at the front of `buf` arrived, if one is partly read.
+    head_since: Option<Instant>,
 }
 
-async fn flush(
-    stream: &mut TcpStream,
-    single: &mut Option<Bytes>,
-    out: &mut BytesMut,
-) -> io::Result<()> {
-    if let Some(bytes) = single.take() {
-        write(stream, &bytes).await?;
+impl Connection<'_> {
+    /// A read of `n` bytes landed in the worker's scratch.
+    fn took(&mut self, n: usize) {
+        if self.keep_all || !self.buf.is_empty() {
+            // These bytes must outlive the next wait (an upstream call), or join the start of
+            // a request already kept.
+            READ_SCRATCH.with_borrow(|scratch| self.keep(&scratch[..n]));
+        } else {
+            self.fresh = n;
+        }
     }
-    if !out.is_empty() {
-        write(stream, out).await?;
-        out.clear();
+
+    fn keep(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if !self.keep_all || self.buf.len() > READ_SIZE {
+            self.release_buf = true;
+        }
     }
-    Ok(())
+
+    /// Serve mode: answers the complete avatar requests read, straight from the scratch when
+    /// the read is fresh; keeps what is left over.
+    fn answer_avatars(&mut self, now: Instant, batch: &mut Batch) {
+        let routes = self.routes;
+        if self.fresh > 0 {
+            let fresh = std::mem::take(&mut self.fresh);
+            READ_SCRATCH.with_borrow(|scratch| {
+                let read = &scratch[..fresh];
+                let used = batch.answer_avatars(read, routes, now, &mut self.output);
+                if used < read.len() {
+                    self.keep(&read[used..]);
+                }
+            });
+        } else if !self.buf.is_empty() {
+            let used = batch.answer_avatars(&self.buf, routes, now, &mut self.output);
+            self.buf.advance(used);
+        }
+    }
+
+    /// Gateway mode: one upstream call per complete request, in order, until the output is
+    /// full or the requests run out.
+    async fn answer_calls<Call, Answer>(&mut self, call: &Call, batch: &mut Batch)
+    where
+        Call: Fn(bool) -> Answer,
+        Answer: Future<Output = GatewayWire>,
+    {
+        let routes = self.routes;
+        loop {
+            if self.output.is_full() {
+                batch.full = true;
+                return;
+            }
+            let (len, head_only) = match classify(&self.buf, routes.path()) {
+                Head::Avatar { len, head_only } => (len, head_only),
+                Head::Partial => return,
+                Head::Hyper => {
+                    batch.hand_over = true;
+                    return;
+                }
+            };
+            self.buf.advance(len);
+            batch.consumed = true;
+            let begun = Instant::now();
+            let wire = call(head_only).await;
+            let done = Instant::now();
+            batch.answered_at = Some(done);
+            let elapsed = done.saturating_duration_since(begun);
+            let method = [MethodLabel::Get, MethodLabel::Head][usize::from(head_only)];
+            routes.record(Route::Gateway, method, wire.status, elapsed, 1);
+            if routes.access_logging() {
+                let method = ["GET", "HEAD"][usize::from(head_only)];
+                let bytes = wire.body.len() as u64;
+                routes.access(method, routes.path(), wire.status, elapsed, bytes);
+            }
+            self.output.push(wire.head);
+            if !wire.body.is_empty() {
+                self.output.push(wire.body);
+            }
+        }
+    }
+
+    /// Writes the pending answers: one direct attempt, which almost always takes them all,
+    /// then, if the socket is full, a wait held to the write timeout. Says whether it waited.
+    async fn flush(&mut self, timer: Pin<&mut Sleep>) -> Result<bool, CloseReason> {
+        match self.output.write_now(&self.stream) {
+            Ok(true) => Ok(false),
+            Ok(false) => self.write_stalled(timer).await.map(|()| true),
+            Err(err) => Err(CloseReason::of_io(&err)),
+        }
+    }
+
+    /// Waits until the socket takes the rest of the output; closes the connection when a
+    /// write makes no progress for the write timeout (a client that stopped reading). Uses
+    /// the connection's timer, which the caller re-arms afterwards.
+    async fn write_stalled(&mut self, mut timer: Pin<&mut Sleep>) -> Result<(), CloseReason> {
+        let limit = self.timeouts.write;
+        let mut progress_at = Instant::now();
+        timer.as_mut().reset(progress_at + limit);
+        std::future::poll_fn(|cx| {
+            let before = self.output.pending;
+            if let Poll::Ready(result) = self.output.poll_write(&mut self.stream, cx) {
+                return Poll::Ready(result.map_err(|err| CloseReason::of_io(&err)));
+            }
+            if self.output.pending < before {
+                progress_at = Instant::now();
+            }
+            loop {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let due = progress_at + limit;
+                if Instant::now() >= due {
+                    return Poll::Ready(Err(CloseReason::WriteTimeout));
+                }
+                timer.as_mut().reset(due);
+            }
+        })
+        .await
+    }
+
+    /// Records the avatar answers of a batch (gateway calls are recorded one by one), with
+    /// one more clock read: pipelined requests share the batch's duration.
+    fn record(&self, batch: &mut Batch, start: Instant) {
+        let answered = batch.answered;
+        if answered == [0, 0] {
+            return;
+        }
+        let end = Instant::now();
+        batch.answered_at = Some(end);
+        let elapsed = end.saturating_duration_since(start);
+        let routes = self.routes;
+        routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, answered[0]);
+        routes.record(Route::Avatar, MethodLabel::Head, 200, elapsed, answered[1]);
+        if routes.access_logging() {
+            let bytes = crate::avatar::TEMPLATE.len() as u64;
+            for (method, count, bytes) in [("GET", answered[0], bytes), ("HEAD", answered[1], 0)] {
+                for _ in 0..count {
+                    routes.access(method, routes.path(), 200, elapsed, bytes);
+                }
+            }
+        }
+    }
+
+    /// After a batch: when the connection went idle, when the head now at the front of the
+    /// buffer began, and what memory a burst left behind.
+    fn settle(&mut self, batch: &Batch, start: Instant) {
+        if self.buf.is_empty() {
+            if let Some(at) = batch.answered_at {
+                self.idle_since = at;
+            }
+            self.head_since = None;
+            if self.release_buf {
+                self.buf = BytesMut::new();
+                self.release_buf = false;
+            }
+        } else if batch.consumed || self.head_since.is_none() {
+            // Each head gets the whole header timeout from its first byte, which came with
+            // the last read; in gateway mode the clock starts once the calls before it are
+            // done, since the connection could not read until then.
+            self.head_since = Some(batch.answered_at.unwrap_or(start));
+        }
+        self.output.shrink();
+    }
+
+    /// When the connection times out if nothing happens: its head's deadline while a head is
+    /// partly read, else the idle deadline.
+    fn deadline(&self) -> Instant {
+        match self.head_since {
+            Some(since) => since + self.timeouts.header,
+            None => self.idle_since + self.timeouts.idle,
+        }
+    }
+
+    fn timed_out(&self) -> CloseReason {
+        if self.head_since.is_some() {
+            CloseReason::HeaderTimeout
+        } else {
+            CloseReason::IdleTimeout
+        }
+    }
+
+    fn hand_over(self) -> Outcome {
+        Outcome::Hyper(Prefixed::new(self.buf.freeze(), self.stream))
+    }
 }
 
-/// Writes all of `bytes`: one direct attempt first, which almost always takes the whole
-/// response, then the awaiting loop for whatever the socket buffer could not take.
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    let written = match stream.try_write(bytes) {
-        Ok(n) => n,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(err) => return Err(err),
-    };
-    if written < bytes.len() {
-        stream.write_all(&bytes[written..]).await?;
+/// What one pass over the bytes read produced.
+#[derive(Default)]
+struct Batch {
+    /// Avatar answers, GET and HEAD.
+    answered: [u64; 2],
+    /// At least one request was taken off the front of the bytes read.
+    consumed: bool,
+    /// When the batch's last answer was written: the connection is idle from then on.
+    answered_at: Option<Instant>,
+    /// The output is full: write it, then go on answering before reading more.
+    full: bool,
+    /// A request that needs hyper is next.
+    hand_over: bool,
+}
+
+impl Batch {
+    /// Answers the complete avatar requests at the front of `input` into `output`; returns how
+    /// many bytes they took. Stops at an incomplete request, at one that needs hyper, or when
+    /// the output is full.
+    #[inline]
+    fn answer_avatars(
+        &mut self,
+        input: &[u8],
+        routes: &Routes,
+        now: Instant,
+        output: &mut Output,
+    ) -> usize {
+        let mut used = 0;
+        loop {
+            match classify(&input[used..], routes.path()) {
+                Head::Avatar { len, head_only } => {
+                    used += len;
+                    self.answered[usize::from(head_only)] += 1;
+                    self.consumed = true;
+                    output.push(routes.avatar_bytes(head_only, now.into_std()));
+                    if output.is_full() {
+                        self.full = used < input.len();
+                        return used;
+                    }
+                }
+                Head::Partial => return used,
+                Head::Hyper => {
+                    self.hand_over = true;
+                    return used;
+                }
+            }
+        }
     }
-    Ok(())
+}
+
+/// Answers waiting to be written, as the shared buffers they were made as: pipelined answers
+/// are written together (one `writev`) without being copied into a buffer of the
+/// connection's, so a burst of them costs a few pointers, and an answer a slow client has
+/// not taken yet holds only its share of the worker's rendered response.
+#[derive(Debug, Default)]
+struct Output {
+    /// The first (usually the only) answer.
+    first: Option<Bytes>,
+    /// Answers after the first, in order.
+    rest: Vec<Bytes>,
+    /// Bytes not yet written.
+    pending: usize,
+}
+
+/// Answers one write may carry (`writev`'s limit is 1,024).
+const MAX_PARTS: usize = 64;
+/// Bytes after which a batch stops answering and writes: a pipelined burst is answered in
+/// writes of at most this much (plus one answer).
+const MAX_PENDING: usize = 256 * 1024;
+/// Slots of `rest` kept between batches; a longer list (after a burst) is given back.
+const KEEP_PARTS: usize = 16;
+
+impl Output {
+    #[inline]
+    fn push(&mut self, bytes: Bytes) {
+        self.pending += bytes.len();
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(bytes);
+        } else {
+            self.rest.push(bytes);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending == 0 && self.first.is_none() && self.rest.is_empty()
+    }
+
+    #[inline]
+    fn is_full(&self) -> bool {
+        self.rest.len() + 1 >= MAX_PARTS || self.pending >= MAX_PENDING
+    }
+
+    /// Writes what the socket takes now, without waiting; true when everything went.
+    #[inline]
+    fn write_now(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        loop {
+            let written = if self.rest.is_empty() {
+                match &self.first {
+                    Some(first) => stream.try_write(first),
+                    None => return Ok(true),
+                }
+            } else {
+                let mut slices = [io::IoSlice::new(&[]); MAX_PARTS];
+                let count = self.slices(&mut slices);
+                stream.try_write_vectored(&slices[..count])
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Writes until everything went (`Ready(Ok)`), the socket is full (`Pending`, with a
+    /// wake-up arranged), or an error.
+    fn poll_write(&mut self, stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let mut slices = [io::IoSlice::new(&[]); MAX_PARTS];
+            let count = self.slices(&mut slices);
+            match Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.consume(n),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Fills `slices` with the pending answers in order; returns how many it used.
+    fn slices<'b>(&'b self, slices: &mut [io::IoSlice<'b>; MAX_PARTS]) -> usize {
+        let parts = self.first.iter().chain(&self.rest).take(MAX_PARTS);
+        let mut count = 0;
+        for (slot, part) in slices.iter_mut().zip(parts) {
+            *slot = io::IoSlice::new(part);
+            count += 1;
+        }
+        count
+    }
+
+    /// Drops the first `n` pending bytes, which were written.
+    fn consume(&mut self, mut n: usize) {
+        self.pending -= n;
+        if let Some(first) = &mut self.first {
+            if n < first.len() {
+                first.advance(n);
+                return;
+            }
+            n -= first.len();
+            self.first = None;
+        }
+        let mut done = 0;
+        for part in &mut self.rest {
+            if n < part.len() {
+                part.advance(n);
+                break;
+            }
+            n -= part.len();
+            done += 1;
+        }
+        self.rest.drain(..done);
+        if self.first.is_none() && !self.rest.is_empty() {
+            self.first = Some(self.rest.remove(0));
+        }
+    }
+
+    /// Gives back the list a burst grew, once written.
+    #[inline]
+    fn shrink(&mut self) {
+        if self.rest.capacity() > KEEP_PARTS {
+            self.rest = Vec::new();
+        }
+    }
 }
 
 /// A TCP stream with bytes already read from it in front, for handing a connection to hyper

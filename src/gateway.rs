@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
@@ -95,6 +95,7 @@ impl From<client::Error> for Failure {
             client::ErrorKind::Connect => UpstreamError::Connect,
             client::ErrorKind::Closed => UpstreamError::Closed,
             client::ErrorKind::Malformed => UpstreamError::Malformed,
+            client::ErrorKind::TooLarge => UpstreamError::TooLarge,
         };
         Failure {
             kind,
@@ -111,6 +112,7 @@ impl Failure {
             // `Unavailable` is an answer (a 502, 503 or 504), never a failure's kind.
             UpstreamError::Closed | UpstreamError::Unavailable => UpstreamOutcome::Closed,
             UpstreamError::Malformed => UpstreamOutcome::Malformed,
+            UpstreamError::TooLarge => UpstreamOutcome::TooLarge,
         }
     }
 
@@ -121,6 +123,7 @@ impl Failure {
             UpstreamError::Connect => "upstream connection failed",
             UpstreamError::Closed | UpstreamError::Unavailable => "upstream closed the connection",
             UpstreamError::Malformed => "malformed upstream response",
+            UpstreamError::TooLarge => "upstream body too large",
         }
     }
 
@@ -200,7 +203,11 @@ impl Lean {
             .map(|(upstream, host)| request_head(&upstream.uri, host, None))
             .collect();
         Lean {
-            pool: client::Pool::new(config.upstreams.len(), config.pool_max_idle),
+            pool: client::Pool::new(
+                config.upstreams.len(),
+                config.pool_max_idle,
+                config.max_upstream_body,
+            ),
             targets,
             requests,
         }
@@ -359,7 +366,10 @@ impl Gateway {
         forward: &Forward,
     ) -> Result<Reply, Failure> {
         match &self.caller {
-            Caller::HyperUtil(client) => hyper_util_once(client, uri, host, forward).await,
+            Caller::HyperUtil(client) => {
+                let max_body = self.config.max_upstream_body;
+                hyper_util_once(client, uri, host, forward, max_body).await
+            }
             Caller::Lean(lean) => {
                 let forwarded;
                 let request = if forward.header.is_none() && forward.query.is_none() {
@@ -411,12 +421,14 @@ impl Gateway {
     }
 }
 
-/// One request through hyper-util's pooled client, its body read whole.
+/// One request through hyper-util's pooled client, its body read whole: refused at once when
+/// its declared length is over `max_body`, else the moment it passes it.
 async fn hyper_util_once(
     client: &Client<HttpConnector, Empty<Bytes>>,
     uri: &Uri,
     host: &HeaderValue,
     forward: &Forward,
+    max_body: usize,
 ) -> Result<Reply, Failure> {
     let mut request = Request::new(Empty::new());
     *request.uri_mut() = uri.clone();
@@ -431,10 +443,24 @@ async fn hyper_util_once(
         .await
         .map_err(|err| Failure::of(&err, err.is_connect()))?;
     let (parts, body) = response.into_parts();
-    let body = body
+    let too_large = || Failure {
+        kind: UpstreamError::TooLarge,
+        cause: format!("body over {max_body} bytes (--max-upstream-body)"),
+    };
+    // hyper reports a `content-length` as the body's exact size.
+    if hyper::body::Body::size_hint(&body).lower() > max_body as u64 {
+        return Err(too_large());
+    }
+    let body = Limited::new(body, max_body)
         .collect()
         .await
-        .map_err(|err| Failure::of(&err, false))?
+        .map_err(|err| {
+            if err.is::<LengthLimitError>() {
+                too_large()
+            } else {
+                Failure::of(&*err, false)
+            }
+        })?
         .to_bytes();
     Ok(Reply {
         status: parts.status,
@@ -577,6 +603,7 @@ mod tests {
             pool_max_idle: 1,
             forward_behaviour: true,
             client: ClientKind::Lean,
+            max_upstream_body: crate::config::DEFAULT_MAX_UPSTREAM_BODY,
         };
         let hosts = [
             HeaderValue::from_static("[::1]:3000"),

@@ -13,6 +13,7 @@
 //! - [`routes`]: (method, path) to response; the only place that knows the URL space.
 //! - [`avatar`]: the seed payload as a template, patched at most once per millisecond per worker.
 //! - [`time`]: clock reads and the timestamp formats (pure, unit-tested at fixed instants).
+//! - [`watched`]: the socket under hyper: the write timeout, and what it saw last.
 
 pub mod avatar;
 pub mod behaviour;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod time;
+pub mod watched;
 
 pub use config::Config;
 pub use server::{Server, ServerError};

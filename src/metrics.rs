@@ -84,10 +84,11 @@ pub enum UpstreamOutcome {
     Timeout,
     Closed,
     Malformed,
+    TooLarge,
 }
 
 impl UpstreamOutcome {
-    const ALL: [UpstreamOutcome; 8] = [
+    const ALL: [UpstreamOutcome; 9] = [
         UpstreamOutcome::Status2xx,
         UpstreamOutcome::Status3xx,
         UpstreamOutcome::Status4xx,
@@ -96,6 +97,7 @@ impl UpstreamOutcome {
         UpstreamOutcome::Timeout,
         UpstreamOutcome::Closed,
         UpstreamOutcome::Malformed,
+        UpstreamOutcome::TooLarge,
     ];
 
     /// The outcome of an answer with `status`.
@@ -118,6 +120,7 @@ impl UpstreamOutcome {
             UpstreamOutcome::Timeout => "timeout",
             UpstreamOutcome::Closed => "closed",
             UpstreamOutcome::Malformed => "malformed",
+            UpstreamOutcome::TooLarge => "too_large",
         }
     }
 }
@@ -133,16 +136,19 @@ pub enum UpstreamError {
     Closed,
     /// The answer was not valid HTTP/1.1.
     Malformed,
+    /// The answer's body was larger than `--max-upstream-body`.
+    TooLarge,
     /// The upstream answered 502, 503 or 504 (the statuses that are retried).
     Unavailable,
 }
 
 impl UpstreamError {
-    const ALL: [UpstreamError; 5] = [
+    const ALL: [UpstreamError; 6] = [
         UpstreamError::Connect,
         UpstreamError::Timeout,
         UpstreamError::Closed,
         UpstreamError::Malformed,
+        UpstreamError::TooLarge,
         UpstreamError::Unavailable,
     ];
 
@@ -152,12 +158,77 @@ impl UpstreamError {
             UpstreamError::Timeout => "timeout",
             UpstreamError::Closed => "closed",
             UpstreamError::Malformed => "malformed",
+            UpstreamError::TooLarge => "too_large",
             UpstreamError::Unavailable => "unavailable",
         }
     }
 }
 
 const OUTCOMES: usize = UpstreamOutcome::ALL.len();
+
+/// Why a connection ended: the `reason` label of `microservice2_connections_closed_total`, so a
+/// user can tell which limit cut their clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed or reset the connection, or asked for it to be closed
+    /// (`connection: close`, HTTP/1.0 without keep-alive).
+    Client,
+    /// A request head took longer than `--header-timeout`.
+    HeaderTimeout,
+    /// No request came for `--idle-timeout`.
+    IdleTimeout,
+    /// A pending write made no progress for `--write-timeout` (a client that stopped reading).
+    WriteTimeout,
+    /// Closed at once: `--max-connections` were open already.
+    MaxConnections,
+    /// Closed by graceful shutdown (or cut at the shutdown timeout).
+    Shutdown,
+    /// A request that could not be parsed (answered 4xx first where HTTP allows), or an I/O
+    /// error other than the client's close.
+    Error,
+    /// An injected socket fault (`fault=reset`, `close`, `hang`, `truncate`).
+    Fault,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::Client,
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::WriteTimeout,
+        CloseReason::MaxConnections,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+        CloseReason::Fault,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::MaxConnections => "max_connections",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+            CloseReason::Fault => "fault",
+        }
+    }
+
+    /// The reason an I/O error on the connection's socket gives: the client's close or reset,
+    /// or any other error.
+    pub fn of_io(err: &std::io::Error) -> CloseReason {
+        use std::io::ErrorKind;
+        match err.kind() {
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof => CloseReason::Client,
+            ErrorKind::TimedOut => CloseReason::WriteTimeout,
+            _ => CloseReason::Error,
+        }
+    }
+}
 
 /// Upper bounds of the duration histogram's buckets, in seconds: 50 µs to 60 s.
 pub const BUCKETS: [f64; 19] = [
@@ -221,7 +292,8 @@ pub struct WorkerMetrics {
     /// [route]: total nanoseconds.
     duration_sum: Vec<AtomicU64>,
     accepted: AtomicU64,
-    closed: AtomicU64,
+    /// [reason].
+    closed: [AtomicU64; CloseReason::ALL.len()],
     faults: [AtomicU64; 4],
     /// Gateway mode: [upstream][outcome][bucket], the last bucket being +Inf.
     upstream_buckets: Vec<AtomicU64>,
@@ -244,7 +316,7 @@ impl WorkerMetrics {
             buckets: zeros(ROUTES * (BUCKETS.len() + 1)),
             duration_sum: zeros(ROUTES),
             accepted: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
+            closed: Default::default(),
             faults: Default::default(),
         }
     }
@@ -293,8 +365,8 @@ impl WorkerMetrics {
         bump(&self.accepted, 1);
     }
 
-    pub fn connection_closed(&self) {
-        bump(&self.closed, 1);
+    pub fn connection_closed(&self, reason: CloseReason) {
+        bump(&self.closed[reason as usize], 1);
     }
 
     pub fn fault(&self, fault: Fault) {
@@ -390,7 +462,8 @@ impl Registry {
             );
         }
         let accepted = self.sum(|w| load(&w.accepted));
-        let closed = self.sum(|w| load(&w.closed));
+        let closed_by = |reason: CloseReason| self.sum(|w| load(&w.closed[reason as usize]));
+        let closed: u64 = CloseReason::ALL.into_iter().map(closed_by).sum();
         let _ = writeln!(
             out,
             "# HELP microservice2_inflight_requests Requests being answered now.\n\
@@ -402,9 +475,22 @@ impl Registry {
              # HELP microservice2_connections_open Connections open now.\n\
              # TYPE microservice2_connections_open gauge\n\
              microservice2_connections_open {}\n\
-             # HELP microservice2_faults_injected_total Socket faults injected, by kind.\n\
-             # TYPE microservice2_faults_injected_total counter",
+             # HELP microservice2_connections_closed_total Connections closed, by why they ended.\n\
+             # TYPE microservice2_connections_closed_total counter",
             accepted.saturating_sub(closed)
+        );
+        for reason in CloseReason::ALL {
+            let _ = writeln!(
+                out,
+                "microservice2_connections_closed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                closed_by(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_faults_injected_total Socket faults injected, by kind.\n\
+             # TYPE microservice2_faults_injected_total counter"
         );
         for (index, fault) in Fault::ALL.iter().enumerate() {
             let value = self.sum(|w| load(&w.faults[index]));

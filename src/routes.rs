@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::avatar::{self, AvatarCache};
 use crate::behaviour::parse::Unknown;
 use crate::behaviour::{BehaviourError, Controls, Fault, Limits, Plan, Rng};
-use crate::body::Body;
+use crate::body::{Body, Content};
 use crate::config::Config;
 use crate::gateway::{Forward, Gateway};
 use crate::metrics::{MethodLabel, Registry, Route, WorkerMetrics};
@@ -92,6 +92,11 @@ impl Shared {
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Every worker's metrics.
+    pub fn metrics(&self) -> Registry {
+        self.metrics.clone()
+    }
+
     /// Shutdown has begun: readiness turns 503.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Relaxed);
@@ -118,7 +123,7 @@ pub struct Routes {
     /// `--access-log`: the fraction of requests to log.
     access_log: Option<f64>,
     rng: RefCell<Rng>,
-    /// `count=N` bodies, newest last.
+    /// `count=N` bodies as rendered (the seed's first `createdAt`), newest last.
     lists: RefCell<Vec<(u32, Bytes)>>,
     /// Gateway mode: the path calls the upstream instead of answering avatars.
     gateway: Option<Gateway>,
@@ -262,9 +267,10 @@ impl Routes {
         }
     }
 
-    /// The avatar response at `now` (since the epoch) as wire bytes: the whole of it, or only
-    /// the status line and headers for HEAD. Shares the cached buffer: no copy.
-    pub fn avatar_bytes(&self, head_only: bool, now: Duration) -> Bytes {
+    /// The avatar response at the monotonic instant `now` as wire bytes: the whole of it, or
+    /// only the status line and headers for HEAD. Shares the cached buffer: no copy.
+    #[inline]
+    pub fn avatar_bytes(&self, head_only: bool, now: std::time::Instant) -> Bytes {
         let mut avatars = self.avatars.borrow_mut();
         let snapshot = avatars.at(now);
         if head_only {
@@ -277,7 +283,7 @@ impl Routes {
     /// The current avatar body and headers (without content-length).
     fn avatar_parts(&self) -> (Bytes, HeaderMap) {
         let mut avatars = self.avatars.borrow_mut();
-        let snapshot = avatars.at(time::now());
+        let snapshot = avatars.at(std::time::Instant::now());
         (snapshot.body.clone(), snapshot.headers.clone())
     }
 
@@ -391,6 +397,13 @@ impl Routes {
         if let Some(query) = request.uri().query() {
             controls.merge(Controls::parse(query, &self.limits, Unknown::Ignore)?);
         }
+        if controls.rate.is_some() {
+            let longest = match controls.count {
+                Some(count) => self.list_template(count).len(),
+                None => avatar::TEMPLATE.len(),
+            };
+            controls.check_rate(longest, &self.limits)?;
+        }
         Ok(controls)
     }
 
@@ -439,21 +452,21 @@ impl Routes {
                 let body = format!(r#"{{"error":"injected","status":{}}}"#, status.as_u16());
                 let mut headers = HeaderMap::with_capacity(2);
                 headers.insert(CONTENT_TYPE, JSON);
-                (status, Bytes::from(body), headers)
+                (status, Content::from(Bytes::from(body)), headers)
             }
             (None, Some(forward), Some(gateway)) => {
                 let answer = gateway.call(&forward).await;
                 (
                     answer.status,
-                    answer.body,
+                    Content::from(answer.body),
                     self.gateway_headers(answer.content_type),
                 )
             }
             (None, _, _) => {
                 let (body, headers) = self.avatar_parts();
                 match plan.count {
-                    Some(count) => (StatusCode::OK, self.list(count, time::now()), headers),
-                    None => (StatusCode::OK, body, headers),
+                    Some(count) => (StatusCode::OK, self.list(count), headers),
+                    None => (StatusCode::OK, Content::from(body), headers),
                 }
             }
         };
@@ -461,8 +474,10 @@ impl Routes {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
             Body::truncated(body)
         } else {
+            // Validation keeps every pace within --max-delay; the bound is kept here too, for
+            // bodies validation cannot know (the upstream's, in gateway mode).
             match plan.pace(body.len()) {
-                Some(over) => Body::paced(body, over),
+                Some(over) => Body::paced(body, over.min(self.limits.max_delay)),
                 None => Body::whole(body),
             }
         };
@@ -477,8 +492,9 @@ impl Routes {
     }
 
     /// Gateway mode's fast path: calls the upstream for a plain GET (or HEAD) and returns the
-    /// answer as wire bytes, exactly what hyper would write for it, and its status.
-    pub async fn gateway_wire(&self, head_only: bool) -> (Bytes, u16) {
+    /// answer as wire bytes, exactly what hyper would write for it: a head written here and
+    /// the upstream's body as it was read (not copied again).
+    pub async fn gateway_wire(&self, head_only: bool) -> GatewayWire {
         let gateway = self
             .gateway
             .as_ref()
@@ -486,7 +502,7 @@ impl Routes {
         let _inflight = InflightGuard::new(&self.shared.inflight);
         let answer = gateway.call(&Forward::default()).await;
         let status = answer.status;
-        let mut wire = BytesMut::with_capacity(256 + answer.body.len());
+        let mut wire = BytesMut::with_capacity(256);
         wire.put_slice(b"HTTP/1.1 ");
         wire.put_slice(status.as_str().as_bytes());
         wire.put_u8(b' ');
@@ -511,10 +527,16 @@ impl Routes {
             wire.put_slice(b"\r\n");
         }
         wire.put_slice(b"\r\n");
-        if !head_only && !bodiless {
-            wire.put_slice(&answer.body);
+        let body = if head_only || bodiless {
+            Bytes::new()
+        } else {
+            answer.body
+        };
+        GatewayWire {
+            head: wire.freeze(),
+            body,
+            status: status.as_u16(),
         }
-        (wire.freeze(), status.as_u16())
     }
 
     /// The gateway's answer headers, in the avatar answer's order: the upstream's content type,
@@ -538,10 +560,18 @@ impl Routes {
         }
     }
 
-    /// The body with `count` avatars, its first `createdAt` at `now`.
-    fn list(&self, count: u32, now: Duration) -> Bytes {
+    /// The body with `count` avatars, its first `createdAt` now: a patched copy of the first
+    /// few bytes, and the rest shared with every other request for `count` (no copy).
+    fn list(&self, count: u32) -> Content {
+        let template = self.list_template(count);
+        avatar::created_now(&template, time::now())
+    }
+
+    /// The rendered body with `count` avatars, from this worker's cache of the last
+    /// [`LIST_CACHE`] counts asked for.
+    fn list_template(&self, count: u32) -> Bytes {
         let mut lists = self.lists.borrow_mut();
-        let template = match lists.iter().position(|(n, _)| *n == count) {
+        match lists.iter().position(|(n, _)| *n == count) {
             Some(index) => lists[index].1.clone(),
             None => {
                 if lists.len() == LIST_CACHE {
@@ -551,9 +581,18 @@ impl Routes {
                 lists.push((count, rendered.clone()));
                 rendered
             }
-        };
-        avatar::patch_created_at(&template, now)
+        }
     }
+}
+
+/// Gateway mode's answer to one fast-path request, as it goes on the wire.
+#[derive(Debug)]
+pub struct GatewayWire {
+    /// Status line and headers.
+    pub head: Bytes,
+    /// The upstream's body (empty for HEAD and bodiless statuses).
+    pub body: Bytes,
+    pub status: u16,
 }
 
 /// Whether a request may go on.
@@ -647,7 +686,10 @@ impl Future for Recorded {
     }
 }
 
-/// A response now, or a future of one for requests that act out behaviour.
+/// A response now, or a future of one for requests that act out behaviour. The response is
+/// held inline: it is handed to hyper at once, and boxing it would cost every plain request
+/// on hyper's path an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Now(Option<Response<Body>>),
     Later(Pin<Box<dyn Future<Output = Response<Body>>>>),

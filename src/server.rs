@@ -27,7 +27,9 @@ use crate::behaviour::Fault;
 use crate::body::Body;
 use crate::config::Config;
 use crate::fast::{self, Outcome, Prefixed, Timeouts};
+use crate::metrics::{CloseReason, Registry};
 use crate::routes::{FaultSignal, Recorded, Routes, Shared};
+use crate::watched::{Activity, Watched};
 
 /// Pending connections the kernel queues per listener; sized for load tests that open
 /// thousands of connections at once.
@@ -110,6 +112,11 @@ impl Server {
     /// The admin listener's address, when `--admin-port` was given.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The metrics every worker records into, readable after the server has stopped.
+    pub fn metrics(&self) -> Registry {
+        self.shared.metrics()
     }
 
     /// The address the listeners are bound to, with the real port when 0 was asked for.
@@ -226,14 +233,18 @@ fn run_worker(
         // therefore the header timeout (the fast path keeps the two apart).
         http.timer(TokioTimer::new());
         http.header_read_timeout(config.header_timeout);
-        // Copying the 3.7 KB body into hyper's buffer and writing once costs fewer
-        // instructions than queueing it for writev (7,222 against 7,306 a request).
-        http.writev(false);
+        // Bodies are queued for writev as the shared buffers they are, not copied into
+        // hyper's write buffer, which would keep the capacity the largest body needed (a
+        // `count=10000` list, a gateway's 16 MiB answer) for the connection's whole life.
+        // Copying the 3.7 KB avatar once cost fewer instructions (7,222 against 7,306 a
+        // request), but hyper's path is not the hot one.
+        http.writev(true);
         let worker = Worker {
             connection_limit: config.connection_limit(),
             timeouts: Timeouts {
                 header: config.header_timeout,
                 idle: config.idle_timeout,
+                write: config.write_timeout,
             },
             http2: config.http2,
             fast_path: config.fast_path_allowed(),
@@ -313,12 +324,15 @@ impl Worker {
                     }
                 },
             };
+            self.routes.metrics().connection_accepted();
             if !self.routes.shared().admit_connection(self.connection_limit) {
                 // Over the limit: closed at once, before any work is spent on it.
                 drop(stream);
+                self.routes
+                    .metrics()
+                    .connection_closed(CloseReason::MaxConnections);
                 continue;
             }
-            self.routes.metrics().connection_accepted();
             let connection = Connection {
                 timeouts: self.timeouts,
                 http2: self.http2,
@@ -327,6 +341,7 @@ impl Worker {
                 routes: Rc::clone(&self.routes),
                 http: Rc::clone(&self.http),
                 stop: stop.clone(),
+                reason: None,
                 _open: open.clone(),
             };
             tokio::task::spawn_local(connection.serve(stream));
@@ -346,6 +361,8 @@ struct Connection {
     routes: Rc<Routes>,
     http: Rc<http1::Builder>,
     stop: watch::Receiver<bool>,
+    /// Why the connection ended, once known; counted when it is dropped.
+    reason: Option<CloseReason>,
     /// Dropped when the connection ends, which is how the worker knows it has drained.
     _open: mpsc::Sender<()>,
 }
@@ -355,7 +372,7 @@ impl Connection {
     /// paths that hold hyper's connection state (and gateway mode's upstream call) are
     /// boxed: a serve-mode fast-path task is about 1 KB instead of 4.4 KB, and the task is
     /// most of what each of 10,000 open connections costs.
-    async fn serve(self, stream: TcpStream) {
+    async fn serve(mut self, stream: TcpStream) {
         if !self.fast_path {
             return Box::pin(self.serve_without_fast_path(stream)).await;
         }
@@ -376,23 +393,32 @@ impl Connection {
             let upstream: Option<fast::NoUpstream> = None;
             fast::serve(stream, routes, self.timeouts, stop, upstream).await
         };
-        if let Outcome::Hyper(stream) = outcome {
-            let h2 = self.http2 && stream.prefix().starts_with(H2_PREFACE_START);
-            Box::pin(self.serve_hyper(stream, h2)).await;
+        match outcome {
+            Outcome::Closed(reason) => self.reason = Some(reason),
+            Outcome::Hyper(stream) => {
+                let h2 = self.http2 && stream.prefix().starts_with(H2_PREFACE_START);
+                Box::pin(self.serve_hyper(stream, h2)).await;
+            }
         }
     }
 
     /// With the fast path off (every request planned, or the admin listener), hyper serves
     /// every request.
-    async fn serve_without_fast_path(self, stream: TcpStream) {
+    async fn serve_without_fast_path(mut self, stream: TcpStream) {
         let h2 = if self.http2 {
             // Waiting for the first bytes is waiting on an idle connection: it ends at the
             // idle timeout or when shutdown begins, as it would on the fast path.
             let mut stop = self.stop.clone();
             tokio::select! {
                 h2 = opens_with_preface(&stream) => h2,
-                () = tokio::time::sleep(self.timeouts.idle) => return,
-                _ = stop.wait_for(|stopped| *stopped) => return,
+                () = tokio::time::sleep(self.timeouts.idle) => {
+                    self.reason = Some(CloseReason::IdleTimeout);
+                    return;
+                }
+                _ = stop.wait_for(|stopped| *stopped) => {
+                    self.reason = Some(CloseReason::Shutdown);
+                    return;
+                }
             }
         } else {
             false
@@ -422,47 +448,103 @@ impl Connection {
         (service, faults)
     }
 
+    /// The socket as hyper gets it: writes held to the write timeout, its activity noted.
+    fn watched(&self, stream: Prefixed) -> (TokioIo<Watched<Prefixed>>, Rc<Activity>) {
+        let activity = Rc::new(Activity::default());
+        let io = Watched::new(stream, self.timeouts.write, Rc::clone(&activity));
+        (TokioIo::new(io), activity)
+    }
+
     /// HTTP/2 with prior knowledge. A socket fault raised by any stream ends the connection.
     async fn serve_h2(mut self, stream: Prefixed) {
         let (service, faults) = self.service();
-        let connection =
-            http2::Builder::new(LocalExec).serve_connection(TokioIo::new(stream), service);
+        let (io, activity) = self.watched(stream);
+        let connection = http2::Builder::new(LocalExec).serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            _ = faults.raised() => return,
-            _ = self.stop.wait_for(|stopped| *stopped) => {}
-        }
-        connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        let ended = tokio::select! {
+            ended = connection.as_mut() => Some(ended),
+            _ = faults.raised() => {
+                self.reason = Some(CloseReason::Fault);
+                return;
+            }
+            _ = self.stop.wait_for(|stopped| *stopped) => None,
+        };
+        self.reason = Some(match ended {
+            Some(ended) => ended_by(ended, &activity),
+            None => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+                CloseReason::Shutdown
+            }
+        });
     }
 
     async fn serve_h1(mut self, stream: Prefixed) {
         let (service, faults) = self.service();
-        let mut connection = self.http.serve_connection(TokioIo::new(stream), service);
+        let (io, activity) = self.watched(stream);
+        let mut connection = self.http.serve_connection(io, service);
         // Let hyper take in the bytes the fast path already read before it can be told to
         // shut down: hyper closes a connection that has read nothing at once, which would
-        // drop a request that is in fact in flight. Errors here and below are the client's
-        // (a reset, a malformed request hyper already answered): they end this connection.
+        // drop a request that is in fact in flight.
         let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut connection).poll(cx))).await;
-        if first.is_ready() {
+        if let Poll::Ready(ended) = first {
+            self.reason = Some(ended_by(ended, &activity));
             return;
         }
         let fault = tokio::select! {
-            _ = &mut connection => return,
+            ended = &mut connection => {
+                self.reason = Some(ended_by(ended, &activity));
+                return;
+            }
             fault = faults.raised() => Some(fault),
             _ = self.stop.wait_for(|stopped| *stopped) => None,
         };
         let Some(fault) = fault else {
             Pin::new(&mut connection).graceful_shutdown();
+            self.reason = Some(CloseReason::Shutdown);
             tokio::select! {
                 _ = &mut connection => {}
-                fault = faults.raised() => abort(connection, fault),
+                fault = faults.raised() => {
+                    self.reason = Some(CloseReason::Fault);
+                    abort(connection, fault);
+                }
             }
             return;
         };
+        self.reason = Some(CloseReason::Fault);
         abort(connection, fault);
     }
+}
+
+/// Why hyper's connection ended, from what it returned and what its socket saw: the client
+/// (a clean close, a reset, a request cut short), a timeout (hyper's header timeout covers
+/// the idle wait too: a head under way tells them apart), the write timeout, or an error
+/// (a request hyper could not parse and answered with a 4xx).
+fn ended_by(ended: Result<(), hyper::Error>, activity: &Activity) -> CloseReason {
+    let Err(err) = ended else {
+        return CloseReason::Client;
+    };
+    if activity.write_timed_out() {
+        return CloseReason::WriteTimeout;
+    }
+    if err.is_timeout() {
+        return if activity.mid_head() {
+            CloseReason::HeaderTimeout
+        } else {
+            CloseReason::IdleTimeout
+        };
+    }
+    if err.is_incomplete_message() {
+        return CloseReason::Client;
+    }
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return CloseReason::of_io(io);
+        }
+        source = cause.source();
+    }
+    CloseReason::Error
 }
 
 /// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
@@ -497,15 +579,26 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.routes.metrics().connection_closed();
+        // No reason: the task was dropped, at the end of the shutdown timeout or by a panic.
+        let reason = self.reason.unwrap_or(if *self.stop.borrow() {
+            CloseReason::Shutdown
+        } else {
+            CloseReason::Error
+        });
+        self.routes.metrics().connection_closed(reason);
         self.routes.shared().connection_ended();
     }
 }
 
 /// Ends a connection for a socket fault: `reset` sends a TCP RST (`SO_LINGER` 0, then
 /// close), `close` a plain FIN; neither writes a response.
-fn abort(connection: http1::Connection<TokioIo<Prefixed>, AvatarService>, fault: Fault) {
-    let stream = connection.into_parts().io.into_inner().into_stream();
+fn abort(connection: http1::Connection<TokioIo<Watched<Prefixed>>, AvatarService>, fault: Fault) {
+    let stream = connection
+        .into_parts()
+        .io
+        .into_inner()
+        .into_inner()
+        .into_stream();
     if fault == Fault::Reset {
         if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
             tracing::warn!("cannot arm a reset: {err}");

@@ -16,14 +16,46 @@ pub const RFC3339_NANOS_LEN: usize = 35;
 /// Length of `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub const IMF_FIXDATE_LEN: usize = 29;
 
-/// Time since the Unix epoch, read from the system clock.
+/// Time since the Unix epoch, read from the system (wall) clock. Only the `date` header and
+/// the `createdAt` value come from it: every timeout, deadline and measured duration comes
+/// from the monotonic clock (`tokio::time::Instant`), so a clock stepped by NTP or by hand
+/// neither cuts connections short nor keeps them open, nor shows up in latency metrics.
 ///
 /// A clock set before 1970 reads as the epoch itself rather than failing: the service keeps
 /// answering, with a visibly wrong date, instead of erroring on every request.
 pub fn now() -> Duration {
-    SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
+        .unwrap_or(Duration::ZERO);
+    #[cfg(feature = "test-clock")]
+    let now = testing::shifted(now);
+    now
+}
+
+/// A wall clock that tests can step, to show that nothing but dates follows it. Built only
+/// with the `test-clock` feature (the integration tests' build), never in a release.
+#[cfg(feature = "test-clock")]
+pub mod testing {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration;
+
+    /// Seconds added to the system clock's reading.
+    static SHIFT: AtomicI64 = AtomicI64::new(0);
+
+    /// Steps this process's wall clock by `seconds` (negative: back in time).
+    pub fn shift(seconds: i64) {
+        SHIFT.fetch_add(seconds, Ordering::Relaxed);
+    }
+
+    pub(super) fn shifted(now: Duration) -> Duration {
+        let shift = SHIFT.load(Ordering::Relaxed);
+        let by = Duration::from_secs(shift.unsigned_abs());
+        if shift >= 0 {
+            now.saturating_add(by)
+        } else {
+            now.saturating_sub(by)
+        }
+    }
 }
 
 /// A UTC calendar date and time of day, broken down from seconds since the epoch.

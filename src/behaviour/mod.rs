@@ -117,6 +117,27 @@ impl Plan {
 }
 
 impl Controls {
+    /// Checks that `rate`, if set, sends a body of `body_len` bytes (the largest this request
+    /// could get) within `--max-delay`, as `drip` must: a pace that would hold a connection
+    /// for hours is refused, not acted out.
+    pub fn check_rate(&self, body_len: usize, limits: &Limits) -> Result<(), BehaviourError> {
+        let Some(rate) = self.rate else {
+            return Ok(());
+        };
+        let takes = Duration::from_secs_f64(body_len as f64 / rate as f64);
+        if takes <= limits.max_delay {
+            return Ok(());
+        }
+        let least = (body_len as f64 / limits.max_delay.as_secs_f64().max(1e-9)).ceil();
+        Err(BehaviourError::new(
+            "rate",
+            format!(
+                "at least {least} bytes per second: a body of {body_len} bytes must be sent within {:?} (--max-delay)",
+                limits.max_delay
+            ),
+        ))
+    }
+
     /// Draws this request's plan. `inflight` is the number of requests in flight, for `linear`.
     pub fn plan(&self, rng: &mut Rng, inflight: usize, limits: &Limits) -> Plan {
         let delay = self
