@@ -21,7 +21,7 @@ const MAX_HEADERS: usize = 64;
 /// The longest chunk-size line (with its extensions) accepted.
 const MAX_CHUNK_LINE: usize = 1024;
 /// Room made in the read buffer before each read.
-const READ_SIZE: usize = 8 * 1024;
+const READ_SIZE: usize = 4 * 1024;
 
 /// An upstream's answer, its body read whole.
 #[derive(Debug)]
@@ -176,9 +176,9 @@ impl Pool {
         }
         let (response, reusable, read) = read_response(&mut connection, self.max_body).await?;
         if reusable && connection.buffer.is_empty() {
-            if read > READ_SIZE / 2 {
-                // The body shares the buffer's allocation, which may have grown to hold it:
-                // an idle connection keeps a fresh, small one instead.
+            if read > READ_SIZE {
+                // The body shares the buffer's allocation, which grew to hold it: an idle
+                // connection keeps a fresh, small one instead.
                 connection.buffer = BytesMut::with_capacity(READ_SIZE);
             }
             let mut idle = self.idle.borrow_mut();

@@ -190,10 +190,10 @@ where
         if batch.hand_over {
             return conn.hand_over();
         }
+        conn.settle(&batch, start);
         if batch.full {
             continue;
         }
-        conn.settle(&batch, start);
         if stopped {
             // Between requests: close. Mid-request: hyper finishes it with `connection: close`.
             return if conn.buf.is_empty() {
@@ -294,11 +294,11 @@ impl Connection<'_> {
         }
     }
 
+    /// Keeps `bytes` in the connection's own buffer, which is given back once it is empty
+    /// again: an idle connection holds no buffer, in gateway mode too.
     fn keep(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
-        if !self.keep_all || self.buf.len() > READ_SIZE {
-            self.release_buf = true;
-        }
+        self.release_buf = true;
     }
 
     /// Serve mode: answers the complete avatar requests read, straight from the scratch when
@@ -328,11 +328,7 @@ impl Connection<'_> {
         Answer: Future<Output = GatewayWire>,
     {
         let routes = self.routes;
-        loop {
-            if self.output.is_full() {
-                batch.full = true;
-                return;
-            }
+        while !batch.full {
             let (len, head_only) = match classify(&self.buf, routes.path()) {
                 Head::Avatar { len, head_only } => (len, head_only),
                 Head::Partial => return,
@@ -359,6 +355,9 @@ impl Connection<'_> {
             if !wire.body.is_empty() {
                 self.output.push(wire.body);
             }
+            // Each answer is written before the next call: an upstream's body may pin a
+            // whole read buffer of its client's, so pipelined answers are not held together.
+            batch.full = true;
         }
     }
 

@@ -298,6 +298,10 @@ impl Routes {
         if request.uri().path() == "/__panic" {
             panic!("test-panic-route: a request handler panicking on purpose");
         }
+        #[cfg(feature = "test-clock")]
+        if request.uri().path() == "/__clock" {
+            return Reply::now(shift_clock(request.uri().query()));
+        }
         if route == Route::NotFound {
             return Reply::now(plain(StatusCode::NOT_FOUND, TEXT, NOT_FOUND_BODY));
         }
@@ -711,6 +715,25 @@ impl Future for Reply {
                 .expect("a Reply is not polled after it completed"))),
             Reply::Later(future) => future.as_mut().poll(cx).map(Ok),
         }
+    }
+}
+
+/// `/__clock?shift=SECONDS` (the `test-clock` feature only): steps this process's wall clock.
+#[cfg(feature = "test-clock")]
+fn shift_clock(query: Option<&str>) -> Response<Body> {
+    let seconds = query
+        .and_then(|query| query.strip_prefix("shift="))
+        .and_then(|value| value.parse::<i64>().ok());
+    match seconds {
+        Some(seconds) => {
+            time::testing::shift(seconds);
+            plain(StatusCode::OK, JSON, format!(r#"{{"shifted":{seconds}}}"#))
+        }
+        None => plain(
+            StatusCode::BAD_REQUEST,
+            JSON,
+            r#"{"error":"shift=SECONDS"}"#,
+        ),
     }
 }
 

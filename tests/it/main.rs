@@ -9,4 +9,5 @@ mod hardening;
 mod observability;
 mod packaging;
 mod protocol;
+mod reliability;
 mod support;

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use microservice2::metrics::Registry;
 use microservice2::{Config, Server};
 use tokio::sync::oneshot;
 
@@ -19,6 +20,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The admin listener, when the configuration asked for one.
     pub admin: Option<SocketAddr>,
+    /// The server's metrics, read without a connection (and after it has stopped).
+    pub metrics: Registry,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -46,6 +49,7 @@ pub fn spawn(config: Config) -> TestServer {
     let server = Server::bind(config).expect("bind on port 0");
     let addr = server.local_addr();
     let admin = server.admin_addr();
+    let metrics = server.metrics();
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -61,6 +65,7 @@ pub fn spawn(config: Config) -> TestServer {
     TestServer {
         addr,
         admin,
+        metrics,
         stop: Some(stop),
         thread: Some(thread),
     }
@@ -97,6 +102,18 @@ impl TestServer {
     /// Stops the server and waits until its workers have drained.
     pub fn stop(mut self) {
         self.shutdown();
+    }
+
+    /// The sum of the samples of metric `name` whose labels include `labels`, read straight
+    /// from the registry: no connection is made, so none is counted.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sample(&self.metrics.render(0), name, labels)
+    }
+
+    /// Stops the server (as [`TestServer::stop`]) and returns its final metrics text.
+    pub fn stop_and_render(mut self) -> String {
+        self.shutdown();
+        self.metrics.render(0)
     }
 
     fn shutdown(&mut self) {
@@ -239,6 +256,26 @@ impl Client {
     }
 }
 
+/// The sum of the samples of `name` in exposition `text` whose labels include `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+        .expect("valid exposition text");
+    crate::observability::value(&scrape, name, labels)
+}
+
+/// Polls `condition` every 10 ms until it holds; fails the test naming `what` if it still
+/// does not after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The built binary, started with `args` and no `M2_*` variables inherited.
 pub fn binary(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_microservice2"));
@@ -319,6 +356,43 @@ impl ChildServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         }
+    }
+
+    /// Starts `microservice2 gateway` on 127.0.0.1 port 0, one worker, with `extra` flags.
+    pub fn gateway(extra: &[&str]) -> ChildServer {
+        let mut args = vec![
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        ChildServer::start_command(binary(&args), Stdio::inherit())
+    }
+
+    /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server is running");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/PID/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// One metric sample, scraped now over a connection of its own.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut client = Client::connect(self.addr);
+        client.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        sample(&client.read_response(false).body_text(), name, labels)
     }
 
     /// utime + stime of the process so far, in seconds.
