@@ -513,6 +513,41 @@ mod tests {
     }
 
     #[test]
+    fn lengths_are_digits_and_chunk_sizes_hex_digits_only() {
+        for (value, expected) in [
+            (&b"5"[..], Some(5)),
+            (b"05", Some(5)),
+            (b"0", Some(0)),
+            (b"+5", None),
+            (b"-5", None),
+            (b"5,5", None),
+            (b"5 5", None),
+            (b"0x5", None),
+            (b"", None),
+            (b"99999999999999999999999", None),
+        ] {
+            assert_eq!(parse_content_length(value), expected, "{value:?}");
+        }
+        for (line, expected) in [
+            (&b"5"[..], Some(5)),
+            (b"1f", Some(31)),
+            (b"1F;name=value", Some(31)),
+            (b"5 ;ext", Some(5)),
+            (b"5\t;ext", Some(5)),
+            (b"+5", None),
+            (b" 5", None),
+            (b"5 ", None),
+            (b"0x5", None),
+            (b"5,5", None),
+            (b"", None),
+            (b";ext", None),
+            (b"ffffffffffffffffff", None),
+        ] {
+            assert_eq!(chunk_size(line), expected, "{line:?}");
+        }
+    }
+
+    #[test]
     fn heads_this_client_cannot_read_are_malformed_with_a_reason() {
         for (text, cause) in [
             ("HTTP/1.1 2x0 OK\r\n\r\n", "invalid HTTP answer"),

@@ -763,6 +763,10 @@ mod tests {
                 "--allow-request-behaviour",
             ),
             (&["--seed", "x"][..], "--seed"),
+            (&["--write-timeout", "0s"][..], "--write-timeout"),
+            (&["--write-timeout", "soon"][..], "--write-timeout"),
+            (&["--behaviour", "rate=1"][..], "rate"),
+            (&["--behaviour", "count=10000&rate=10kB"][..], "rate"),
         ] {
             let message = invalid(args);
             assert!(message.contains(needle), "{args:?}: {message}");
@@ -912,6 +916,23 @@ mod tests {
                 &["count", "M1_BEHAVIOUR"][..],
             ),
             (&["--upstream", "http://a/"][..], &["--upstream"][..]),
+            (
+                &["gateway", "--max-upstream-body", "0"][..],
+                &["--max-upstream-body", "M1_MAX_UPSTREAM_BODY"][..],
+            ),
+            (
+                &["gateway", "--max-upstream-body", "16mb"][..],
+                &["--max-upstream-body"][..],
+            ),
+            (
+                &["gateway", "--write-timeout", "0s"][..],
+                &["--write-timeout", "M1_WRITE_TIMEOUT"][..],
+            ),
+            // The gateway paces a body as large as --max-upstream-body (16 MiB).
+            (
+                &["gateway", "--behaviour", "rate=64KiB"][..],
+                &["rate", "M1_BEHAVIOUR"][..],
+            ),
         ] {
             let message = invalid(args);
             for needle in needles {
@@ -942,6 +963,54 @@ mod tests {
             Err(ConfigError::Info(text)) => assert!(text.contains("gateway --help")),
             other => panic!("expected help, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        for (text, expected) in [
+            ("512", 512),
+            ("1B", 1),
+            ("64KiB", 64 * 1024),
+            ("16MiB", 16 << 20),
+            ("1GiB", 1 << 30),
+            ("2kB", 2_000),
+            ("3MB", 3_000_000),
+            ("1GB", 1_000_000_000),
+        ] {
+            assert_eq!(parse_size(text), Ok(expected), "{text}");
+        }
+        for bad in [
+            "",
+            "0",
+            "0MiB",
+            "-1",
+            "1.5MiB",
+            "16 MiB",
+            "16mib",
+            "2TiB",
+            "99999999999GB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn the_new_limits_have_their_defaults() {
+        let config = parse(&["--port", "0"]).expect("defaults");
+        assert_eq!(config.write_timeout, DEFAULT_WRITE_TIMEOUT);
+        assert!(!config.no_fast_path && config.fast_path_allowed());
+        assert!(
+            !parse(&["--no-fast-path"])
+                .expect("valid")
+                .fast_path_allowed()
+        );
+        let gateway = parse(&["gateway"]).expect("defaults").gateway;
+        assert_eq!(
+            gateway.map(|g| g.max_upstream_body),
+            Some(DEFAULT_MAX_UPSTREAM_BODY)
+        );
+        let faster = parse(&["gateway", "--behaviour", "rate=1MiB"]).expect("16 s of 16 MiB");
+        assert_eq!(faster.profile.rate, Some(1 << 20));
     }
 
     #[test]

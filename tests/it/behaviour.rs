@@ -332,3 +332,95 @@ fn two_thousand_delayed_requests_wait_concurrently() {
         "{elapsed:?}"
     );
 }
+
+#[test]
+fn a_rate_that_would_outlast_max_delay_is_refused_in_every_source() {
+    let server = server(&["--max-delay", "2s"]);
+    // The default body (3,696 bytes) needs at least 1,848 bytes a second to end in 2 s; a
+    // count=N body is checked at its own length.
+    for (request, param) in [
+        ("GET /v1/avatar?rate=1 HTTP/1.1\r\nHost: t\r\n\r\n", "rate"),
+        (
+            "GET /v1/avatar?rate=1000 HTTP/1.1\r\nHost: t\r\n\r\n",
+            "rate",
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: rate=1\r\n\r\n",
+            "rate",
+        ),
+        (
+            "GET /v1/avatar?count=1000&rate=64KiB HTTP/1.1\r\nHost: t\r\n\r\n",
+            "rate",
+        ),
+        (
+            "GET /v1/avatar?count=1000 HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: rate=64KiB\r\n\r\n",
+            "rate",
+        ),
+    ] {
+        let response = server.request(request);
+        assert_eq!(response.status, 400, "{request:?}");
+        let body = json(&response.body);
+        assert_eq!(body["param"], param, "{request:?}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("--max-delay")),
+            "{body}"
+        );
+    }
+    // Within the bound: paced as asked.
+    let start = Instant::now();
+    let response = server.get("/v1/avatar?rate=2000");
+    assert_eq!(response.status, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(server.get("/v1/avatar?count=1&rate=100").status, 200);
+}
+
+#[test]
+fn a_count_body_is_shared_not_copied_per_request() {
+    // 200 requests for 10,000 avatars (1.9 MB each), held by a 20 s drip: each costs its
+    // connection and its timers, not a copy of the body.
+    use tokio::io::AsyncReadExt;
+    let server = crate::support::ChildServer::start(&[]);
+    let request =
+        b"GET /v1/avatar?count=10000&drip=20s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    // The worker renders the 10,000-avatar list once, on first use.
+    let mut first = crate::support::Client::connect(server.addr);
+    first.send(b"GET /v1/avatar?count=10000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(first.read_response(false).status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let (before, _) = server.memory_kib();
+    let runtime = crate::support::client_runtime();
+    let held = runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..200 {
+            let mut stream = tokio::net::TcpStream::connect(server.addr)
+                .await
+                .expect("connect");
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request)
+                .await
+                .expect("write");
+            held.push(stream);
+        }
+        // Every answer has begun: its head and first chunk have arrived.
+        for stream in &mut held {
+            let mut byte = [0u8; 1];
+            stream
+                .read_exact(&mut byte)
+                .await
+                .expect("the answer begins");
+        }
+        held
+    });
+    let (during, _) = server.memory_kib();
+    let each = during.saturating_sub(before) * 1024 / 200;
+    assert!(
+        each <= 200 * 1024,
+        "{each} bytes per held count=10000 request"
+    );
+    drop(held);
+}

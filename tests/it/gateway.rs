@@ -53,6 +53,10 @@ with_each_client!(
     a_connection_the_upstream_closed_while_idle_is_replaced_unseen,
     a_connection_closed_after_the_request_is_an_error_not_a_silent_retry,
     an_answer_saying_connection_close_is_not_reused,
+    an_answer_nobody_asked_for_is_never_handed_to_a_caller,
+    lengths_and_chunk_sizes_are_digits_only,
+    an_upstream_body_over_the_limit_is_refused_whatever_its_framing,
+    a_2_gb_upstream_body_is_refused_within_2_s_in_bounded_memory,
 );
 
 /// A gateway on port 0 using `client` in front of `upstreams` (URLs), with extra flags.
@@ -755,4 +759,230 @@ fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
     let hyper = missing.request("GET /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
     assert_eq!((fast.status, &fast.body), (hyper.status, &hyper.body));
     assert_eq!(fast.header("content-type"), hyper.header("content-type"));
+}
+
+/// An upstream that answers each request on a connection with `GOOD`, then, 30 ms later,
+/// writes a second, unsolicited answer (`EVIL`) on the idle connection.
+fn unsolicited_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+                    let good = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 4\r\n\r\nGOOD";
+                    let evil = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 4\r\n\r\nEVIL";
+                    if stream.write_all(good).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(30));
+                    let _ = stream.write_all(evil);
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn an_answer_nobody_asked_for_is_never_handed_to_a_caller(client: &str) {
+    let (addr, accepted) = unsolicited_upstream();
+    let gateway = gateway(client, &[format!("http://{addr}/")], &["--workers", "1"]);
+    let mut caller = gateway.connect();
+    let mut bodies = Vec::new();
+    for _ in 0..5 {
+        caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        let response = caller.read_response(false);
+        bodies.push(format!("{} {}", response.status, response.body_text()));
+        // The unsolicited answer reaches the idle pooled connection before the next call.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(bodies, vec!["200 GOOD"; 5]);
+    // Each connection that carried bytes nobody asked for was dropped, never reused.
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+/// The gateway's answer when the upstream always answers `reply` (and closes).
+fn through(client: &str, reply: Vec<u8>, extra: &[&str]) -> RawResponse {
+    let reply: &'static [u8] = Box::leak(reply.into_boxed_slice());
+    let addr = fake_upstream(reply);
+    let mut args = vec!["--timeout", "500ms"];
+    args.extend_from_slice(extra);
+    gateway(client, &[format!("http://{addr}/")], &args).get("/v1/user")
+}
+
+fn lengths_and_chunk_sizes_are_digits_only(client: &str) {
+    let with_length = |value: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {value}\r\n\r\nhello"
+        )
+    };
+    let chunked = |line: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n{line}\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    // RFC 9110: a length is digits; RFC 9112: a chunk size is hex digits, then an extension.
+    let mut refused: Vec<String> = ["+5", "0x5", "-5", "5 5", "5.0", "", "99999999999999999999"]
+        .iter()
+        .map(|value| with_length(value))
+        .collect();
+    refused.extend(
+        ["+5", " 5", "0x5", "5,5", "-5", "g"]
+            .iter()
+            .map(|line| chunked(line)),
+    );
+    // Lists of equal lengths (which RFC 9110 lets a recipient take as one) and whitespace
+    // after a chunk size with no extension: hyper takes both; the lean client does not.
+    if client == "lean" {
+        refused.extend(["5,5", "5, 5"].iter().map(|value| with_length(value)));
+        refused.push(chunked("5 "));
+    }
+    for reply in refused {
+        let response = through(client, reply.clone().into_bytes(), &[]);
+        assert_eq!(response.status, 502, "{reply:?}");
+        assert_eq!(json(&response)["kind"], "malformed", "{reply:?}");
+    }
+    // Whitespace around a field value is no part of it (RFC 9110 5.5), leading zeros are
+    // digits, and whitespace may come before a chunk extension.
+    for reply in [
+        with_length(" 5"),
+        with_length("05"),
+        chunked("05"),
+        chunked("5 ;ext=1"),
+    ] {
+        let response = through(client, reply.clone().into_bytes(), &[]);
+        assert_eq!(
+            (response.status, response.body_text()),
+            (200, "hello".to_owned()),
+            "{reply:?}"
+        );
+    }
+}
+
+fn an_upstream_body_over_the_limit_is_refused_whatever_its_framing(client: &str) {
+    let limit = ["--max-upstream-body", "10"];
+    let length = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let chunked = |body: &str| {
+        let half = body.len() / 2;
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            half,
+            &body[..half],
+            body.len() - half,
+            &body[half..]
+        )
+    };
+    let to_close =
+        |body: &str| format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n{body}");
+    let framings: [(&str, &dyn Fn(&str) -> String); 3] = [
+        ("length", &length),
+        ("chunked", &chunked),
+        ("close", &to_close),
+    ];
+    for (framing, reply) in framings {
+        let at = through(client, reply("0123456789").into_bytes(), &limit);
+        assert_eq!(
+            (at.status, at.body_text()),
+            (200, "0123456789".to_owned()),
+            "{framing}: exactly the limit passes"
+        );
+        let over = through(client, reply("0123456789A").into_bytes(), &limit);
+        assert_eq!(over.status, 502, "{framing}");
+        let body = json(&over);
+        assert_eq!(body["kind"], "too_large", "{framing}: {body}");
+        assert_eq!(
+            body["error"], "upstream body too large",
+            "{framing}: {body}"
+        );
+    }
+    // Counted under its own kind, and not retried.
+    let addr = fake_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n0123456789A");
+    let gateway = gateway(
+        client,
+        &[format!("http://{addr}/")],
+        &["--max-upstream-body", "10", "--retries", "3"],
+    );
+    assert_eq!(gateway.get("/v1/user").status, 502);
+    assert_eq!(
+        metric(
+            &gateway,
+            "microservice2_upstream_errors_total",
+            &[("kind", "too_large")]
+        ),
+        1.0
+    );
+}
+
+/// An upstream that answers every connection with `head` and then endless zero bytes, in the
+/// body's `framing` (`length`, `chunked` or `close`), until the reader goes away.
+fn endless_upstream(framing: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                let head = match framing {
+                    "length" => "HTTP/1.1 200 OK\r\ncontent-length: 2000000000\r\n\r\n",
+                    "chunked" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                    _ => "HTTP/1.1 200 OK\r\n\r\n",
+                };
+                let chunk = vec![b'0'; 64 * 1024];
+                let mut piece = chunk.clone();
+                if framing == "chunked" {
+                    piece = format!("{:x}\r\n", chunk.len()).into_bytes();
+                    piece.extend_from_slice(&chunk);
+                    piece.extend_from_slice(b"\r\n");
+                }
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let start = Instant::now();
+                // 2 GB at most, and never past 20 s.
+                for _ in 0..(2_000_000_000 / chunk.len()) {
+                    if stream.write_all(&piece).is_err()
+                        || start.elapsed() > Duration::from_secs(20)
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn a_2_gb_upstream_body_is_refused_within_2_s_in_bounded_memory(client: &str) {
+    for framing in ["length", "chunked", "close"] {
+        let addr = endless_upstream(framing);
+        let upstream = format!("http://{addr}/");
+        let gateway = ChildServer::gateway(&[
+            "--upstream",
+            &upstream,
+            "--client",
+            client,
+            "--timeout",
+            "10s",
+        ]);
+        let mut caller = Client::connect(gateway.addr);
+        let start = Instant::now();
+        caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+        let response = caller.read_response(false);
+        let elapsed = start.elapsed();
+        assert_eq!(response.status, 502, "{framing}");
+        assert_eq!(json(&response)["kind"], "too_large", "{framing}");
+        assert!(elapsed < Duration::from_secs(2), "{framing}: {elapsed:?}");
+        let (_, peak_kib) = gateway.memory_kib();
+        assert!(peak_kib < 200 * 1024, "{framing}: peak {peak_kib} KiB");
+    }
 }
