@@ -883,7 +883,9 @@ fn an_upstream_body_over_the_limit_is_refused_whatever_its_framing(client: &str)
     };
     let to_close =
         |body: &str| format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n{body}");
-    let framings: [(&str, &dyn Fn(&str) -> String); 3] = [
+    /// A reply for a body, in one framing.
+    type Framed<'a> = &'a dyn Fn(&str) -> String;
+    let framings: [(&str, Framed<'_>); 3] = [
         ("length", &length),
         ("chunked", &chunked),
         ("close", &to_close),
