@@ -422,7 +422,11 @@ async fn read_chunked(connection: &mut Connection, max_body: usize) -> Result<By
     loop {
         let line = read_line(connection).await?;
         let size = chunk_size(&line).ok_or_else(|| Error::malformed("invalid chunk size line"))?;
-        if size > max_body - body.len() {
+        let allowed = max_body - body.len();
+        if size > allowed {
+            // Refused when the bytes really cross the limit, as hyper-util's limited body is:
+            // a chunk that only announces more and then ends the connection was cut off.
+            fill_to(connection, allowed + 1).await?;
             return Err(Error::too_large(max_body));
         }
         if size == 0 {

@@ -906,6 +906,20 @@ fn an_upstream_body_over_the_limit_is_refused_whatever_its_framing(client: &str)
             "{framing}: {body}"
         );
     }
+    // A chunk that only announces more than the limit, and then ends the connection, was cut
+    // off: the limit is crossed by bytes received, as hyper-util's limited body counts them.
+    let announced = through(
+        client,
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nb\r\n0123".to_vec(),
+        &limit,
+    );
+    assert_eq!(announced.status, 502);
+    assert_eq!(
+        json(&announced)["kind"],
+        "closed",
+        "{}",
+        announced.body_text()
+    );
     // Counted under its own kind, and not retried.
     let addr = fake_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n0123456789A");
     let gateway = gateway(

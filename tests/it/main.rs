@@ -3,6 +3,7 @@
 mod behaviour;
 mod cli;
 mod contract;
+mod differential;
 mod fuzz;
 mod gateway;
 mod hardening;

@@ -235,7 +235,8 @@ impl Client {
             headers,
             body: Vec::new(),
         };
-        if !head {
+        // A HEAD answer, a 204 and a 304 have no body (RFC 9110 6.4.1).
+        if !head && !matches!(status, 204 | 304) {
             let length: usize = response
                 .header("content-length")
                 .expect("responses carry content-length")
@@ -538,4 +539,34 @@ pub async fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
     Ok(response)
+}
+
+/// `bytes` (answers as they came off the wire, or a body) with what changes from one
+/// millisecond to the next masked: every `date` header's value and every avatar list's first
+/// `createdAt`, so two servers' answers can be compared byte for byte.
+pub fn masked(bytes: &[u8]) -> Vec<u8> {
+    const DATE: &[u8] = b"\r\ndate: ";
+    const CREATED_AT: &[u8] = b"[{ \"createdAt\": \"";
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while let Some(found) = find(&out[at..], DATE) {
+        let start = at + found + DATE.len();
+        let end = find(&out[start..], b"\r\n").map_or(out.len(), |len| start + len);
+        out[start..end].fill(b'#');
+        at = end;
+    }
+    let mut at = 0;
+    while let Some(found) = find(&out[at..], CREATED_AT) {
+        let start = at + found + CREATED_AT.len();
+        let end = (start + 24).min(out.len());
+        out[start..end].fill(b'#');
+        at = end;
+    }
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }

@@ -1,0 +1,511 @@
+//! Differential tests of the two pieces of HTTP written by hand, against the library each
+//! stands in for:
+//!
+//! - the serving fast path against hyper alone: the same generated request streams (valid and
+//!   malformed, pipelined, split at random byte boundaries, with and without behaviour
+//!   controls) go to a server with the fast path and to one started with `--no-fast-path`;
+//!   the answers must match byte for byte (dates masked), and so must how the connection ends;
+//! - the lean client against hyper-util's: the same generated upstream answers (framings,
+//!   splits, bad lengths, 1xx, cut-off connections, malformed heads) go through a gateway with
+//!   each client; the caller must get the same status and body, or the same error kind.
+//!
+//! `cargo test` runs 48 cases of each (`PROPTEST_CASES` sets more); `bench/fuzz` runs them for
+//! longer with fresh seeds. Known, deliberate differences are left out of the generators and
+//! tested on their own in `gateway.rs` (`lengths_and_chunk_sizes_are_digits_only`).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+use crate::support::{READ_TIMEOUT, TestServer, config, masked, spawn};
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The server ended it: a FIN, or a reset. Which of the two a client sees after a close
+    /// depends on whether its later bytes had arrived unread when the server closed (the
+    /// kernel resets a socket closed with unread bytes): a race of timing, not a decision of
+    /// either server. The answers before it are compared byte for byte all the same.
+    Closed,
+    /// Still open after the read timeout.
+    Open,
+}
+
+/// Writes `bytes` in pieces cut at `cuts`, a moment apart so that the server reads them
+/// separately; reads until the server ends the connection.
+fn exchange(addr: SocketAddr, bytes: &[u8], cuts: &[Index]) -> (Vec<u8>, Ending) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    let mut points: Vec<usize> = cuts
+        .iter()
+        .map(|cut| cut.index(bytes.len().max(1)))
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut from = 0;
+    for point in points.into_iter().chain([bytes.len()]) {
+        if point > from {
+            if stream.write_all(&bytes[from..point]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            from = point;
+        }
+    }
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let ending = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break Ending::Closed,
+            Ok(n) => answers.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => break Ending::Closed,
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break Ending::Open;
+            }
+            Err(err) => panic!("read: {err}"),
+        }
+    };
+    (answers, ending)
+}
+
+/// One generated request: mostly the avatar GET in the shapes callers send, and every shape
+/// the fast path must hand to hyper.
+fn request() -> impl Strategy<Value = String> {
+    let method = prop_oneof![
+        6 => Just("GET"),
+        2 => Just("HEAD"),
+        1 => Just("POST"),
+        1 => Just("get"),
+        1 => Just("DELETE"),
+    ];
+    let target = prop_oneof![
+        8 => Just("/v1/avatar".to_owned()),
+        2 => (0u32..1000).prop_map(|n| format!("/v1/avatar?cb={n}")),
+        1 => Just("/v1/avatar?".to_owned()),
+        1 => Just("/v1/avatar?status=503".to_owned()),
+        1 => (0u64..50).prop_map(|seed| format!("/v1/avatar?status=503:50&seed={seed}")),
+        1 => Just("/v1/avatar?count=3".to_owned()),
+        1 => Just("/v1/avatar?delay=1ms".to_owned()),
+        1 => Just("/v1/avatar?fault=close".to_owned()),
+        1 => Just("/v1/avatar?fault=truncate".to_owned()),
+        1 => Just("/v1/avatar?fault=hang".to_owned()),
+        1 => Just("/v1/avatar?rate=1".to_owned()),
+        1 => Just("/healthz".to_owned()),
+        1 => Just("/nope".to_owned()),
+        1 => Just("http://other/v1/avatar".to_owned()),
+        1 => Just("/v1/avatar/".to_owned()),
+    ];
+    let version = prop_oneof![8 => Just("HTTP/1.1"), 2 => Just("HTTP/1.0"), 1 => Just("HTTP/2.0")];
+    let header = prop_oneof![
+        4 => Just("Host: t"),
+        2 => Just("User-Agent: k6/0.49"),
+        2 => Just("Accept: */*"),
+        1 => Just("Connection: keep-alive"),
+        1 => Just("Connection: close"),
+        1 => Just("x-m2-behaviour: status=418"),
+        1 => Just("X-M2-Behaviour: delay=1ms"),
+        1 => Just("x-m2-behaviour: colour=blue"),
+        1 => Just("Content-Length: 0"),
+        1 => Just("Expect: 100-continue"),
+        1 => Just("Transfer-Encoding: chunked"),
+        1 => Just("Bad Header"),
+        1 => Just("X-Nul: a\u{0}b"),
+    ];
+    let body = prop_oneof![4 => Just(""), 1 => Just("abc"), 1 => Just("0\r\n\r\n")];
+    (
+        method,
+        target,
+        version,
+        proptest::collection::vec(header, 0..5),
+        body,
+    )
+        .prop_map(|(method, target, version, headers, body)| {
+            let mut text = format!("{method} {target} {version}\r\n");
+            for header in &headers {
+                text.push_str(header);
+                text.push_str("\r\n");
+            }
+            if !body.is_empty() && body != "0\r\n\r\n" {
+                text.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            text.push_str("\r\n");
+            text.push_str(body);
+            text
+        })
+}
+
+/// A request the fast path answers itself: GET or HEAD of the avatar path, HTTP/1.1, with
+/// ordinary headers.
+fn fast_request() -> impl Strategy<Value = String> {
+    let method = prop_oneof![3 => Just("GET"), 1 => Just("HEAD")];
+    let header = prop_oneof![
+        Just("Host: t"),
+        Just("User-Agent: wrk"),
+        Just("Accept: application/json"),
+        Just("X-Request-Id: 42"),
+    ];
+    (method, proptest::collection::vec(header, 0..4)).prop_map(|(method, headers)| {
+        let mut text = format!("{method} /v1/avatar HTTP/1.1\r\n");
+        for header in &headers {
+            text.push_str(header);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        text
+    })
+}
+
+/// A stream of requests, sometimes with raw garbage in it, always ending with a request that
+/// asks the server to close (so that every exchange ends without waiting for a timeout).
+fn request_stream() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        8 => fast_request().prop_map(String::into_bytes),
+        8 => request().prop_map(String::into_bytes),
+        1 => proptest::collection::vec(any::<u8>(), 1..40),
+        1 => Just(b"\r\n".to_vec()),
+    ];
+    proptest::collection::vec(piece, 1..8).prop_map(|pieces| {
+        let mut bytes = pieces.concat();
+        bytes.extend_from_slice(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        bytes
+    })
+}
+
+thread_local! {
+    /// The pair under test: the same flags, and the fast path on and off.
+    static SERVERS: (TestServer, TestServer) = {
+        let flags = [
+            "--workers", "1", "--seed", "7", "--header-timeout", "1s", "--idle-timeout", "1s",
+            "--max-hang", "50ms", "--max-delay", "2s",
+        ];
+        let with = spawn(config(&flags));
+        let without = spawn(config(&[&flags[..], &["--no-fast-path"]].concat()));
+        (with, without)
+    };
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn fuzz_differential_fast_path_answers_as_hyper_does(
+        stream in request_stream(),
+        cuts in proptest::collection::vec(any::<Index>(), 0..6),
+    ) {
+        SERVERS.with(|(fast, hyper)| {
+            let (fast_bytes, fast_end) = exchange(fast.addr, &stream, &cuts);
+            let (hyper_bytes, hyper_end) = exchange(hyper.addr, &stream, &cuts);
+            let (fast_text, hyper_text) = (masked(&fast_bytes), masked(&hyper_bytes));
+            prop_assert_eq!(
+                String::from_utf8_lossy(&fast_text),
+                String::from_utf8_lossy(&hyper_text),
+                "request stream {:?}",
+                String::from_utf8_lossy(&stream)
+            );
+            prop_assert_eq!(fast_end, hyper_end, "{:?}", String::from_utf8_lossy(&stream));
+            Ok(())
+        })?;
+    }
+}
+
+/// An upstream answer to generate: a framing, a status, and what may go wrong with it.
+#[derive(Debug, Clone)]
+struct Answer {
+    bytes: Vec<u8>,
+    cuts: Vec<Index>,
+}
+
+/// Generated upstream answers: every framing the clients read, written in pieces, and the
+/// ways an answer goes wrong (a length that lies, a cut, a malformed head or chunk).
+fn upstream_answer() -> impl Strategy<Value = Answer> {
+    let status = prop_oneof![
+        6 => Just((200u16, "OK")),
+        1 => Just((201, "Created")),
+        1 => Just((204, "No Content")),
+        1 => Just((304, "Not Modified")),
+        1 => Just((404, "Not Found")),
+        1 => Just((418, "I'm a teapot")),
+        1 => Just((502, "Bad Gateway")),
+        1 => Just((503, "Service Unavailable")),
+        1 => Just((299, "")),
+    ];
+    let body = prop_oneof![
+        3 => "[a-z{}\":,\\[\\] ]{0,60}",
+        1 => Just(String::new()),
+        1 => Just("[{\"x\":1}]".to_owned()),
+        1 => "[a-z]{200,3000}",
+    ];
+    let framing = prop_oneof![
+        4 => Just("length"),
+        3 => Just("chunked"),
+        1 => Just("close"),
+        1 => Just("http10"),
+        1 => Just("http10-length"),
+        1 => Just("length-short"),
+        1 => Just("length-long"),
+        1 => Just("gzip-then-close"),
+    ];
+    let informational = prop_oneof![
+        6 => Just(""),
+        1 => Just("HTTP/1.1 100 Continue\r\n\r\n"),
+        1 => Just("HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n"),
+    ];
+    let extra = prop_oneof![
+        3 => Just(""),
+        1 => Just("content-type: text/plain\r\n"),
+        1 => Just("content-type: application/json\r\nserver: up\r\n"),
+        1 => Just("connection: close\r\n"),
+        1 => Just("connection: keep-alive\r\n"),
+        1 => Just("x-many: a\r\nx-many: b\r\n"),
+    ];
+    let damage = prop_oneof![
+        10 => Just("none"),
+        1 => Just("bad-status"),
+        1 => Just("bad-header"),
+        1 => Just("bad-chunk-size"),
+        1 => Just("no-chunk-crlf"),
+        1 => Just("cut-head"),
+        1 => Just("cut-body"),
+        1 => Just("nothing"),
+    ];
+    let chunk_cuts = proptest::collection::vec(any::<Index>(), 0..4);
+    let cuts = proptest::collection::vec(any::<Index>(), 0..5);
+    (
+        status,
+        body,
+        framing,
+        informational,
+        extra,
+        damage,
+        chunk_cuts,
+        cuts,
+        any::<Index>(),
+    )
+        .prop_map(
+            |(
+                (code, reason),
+                body,
+                framing,
+                informational,
+                extra,
+                damage,
+                chunk_cuts,
+                cuts,
+                cut,
+            )| {
+                let bytes = answer_bytes(
+                    code,
+                    reason,
+                    &body,
+                    framing,
+                    informational,
+                    extra,
+                    damage,
+                    &chunk_cuts,
+                    cut,
+                );
+                Answer { bytes, cuts }
+            },
+        )
+}
+
+/// The bytes of one generated answer.
+#[allow(clippy::too_many_arguments)]
+fn answer_bytes(
+    code: u16,
+    reason: &str,
+    body: &str,
+    framing: &str,
+    informational: &str,
+    extra: &str,
+    damage: &str,
+    chunk_cuts: &[Index],
+    cut: Index,
+) -> Vec<u8> {
+    if damage == "nothing" {
+        return Vec::new();
+    }
+    let version = if framing.starts_with("http10") {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let mut head = format!("{informational}{version} {code} {reason}\r\n{extra}");
+    if damage == "bad-status" {
+        head = format!("{version} 2x0 {reason}\r\n{extra}");
+    }
+    if damage == "bad-header" {
+        head.push_str("this is not a header\r\n");
+    }
+    let mut framed = String::new();
+    match framing {
+        "length" | "http10-length" => {
+            head.push_str(&format!("content-length: {}\r\n", body.len()));
+            framed.push_str(body);
+        }
+        "length-short" => {
+            head.push_str(&format!("content-length: {}\r\n", body.len() / 2));
+            framed.push_str(body);
+        }
+        "length-long" => {
+            head.push_str(&format!("content-length: {}\r\n", body.len() + 5));
+            framed.push_str(body);
+        }
+        "chunked" => {
+            head.push_str("transfer-encoding: chunked\r\n");
+            let mut points: Vec<usize> = chunk_cuts
+                .iter()
+                .map(|c| c.index(body.len().max(1)))
+                .collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut from = 0;
+            for point in points.into_iter().chain([body.len()]) {
+                if point > from {
+                    let size = if damage == "bad-chunk-size" {
+                        "zz".to_owned()
+                    } else {
+                        format!("{:x}", point - from)
+                    };
+                    let ext = if from == 0 { ";name=value" } else { "" };
+                    framed.push_str(&format!("{size}{ext}\r\n{}", &body[from..point]));
+                    if damage != "no-chunk-crlf" {
+                        framed.push_str("\r\n");
+                    }
+                    from = point;
+                }
+            }
+            framed.push_str("0\r\ntrailer: t\r\n\r\n");
+        }
+        "gzip-then-close" => {
+            head.push_str("transfer-encoding: gzip\r\n");
+            framed.push_str(body);
+        }
+        // `close` and `http10`: the body ends with the connection.
+        _ => framed.push_str(body),
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    let head_len = bytes.len();
+    bytes.extend_from_slice(framed.as_bytes());
+    match damage {
+        "cut-head" => bytes.truncate(cut.index(head_len.max(1))),
+        "cut-body" if bytes.len() > head_len => {
+            bytes.truncate(head_len + cut.index(bytes.len() - head_len));
+        }
+        _ => {}
+    }
+    bytes
+}
+
+/// An upstream that writes the current answer, in its pieces, to every connection it accepts,
+/// then closes it.
+fn scripted_upstream(current: Arc<Mutex<Answer>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let answer = current.lock().expect("the current answer").clone();
+            let _ = stream.set_nodelay(true);
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let mut points: Vec<usize> = answer
+                .cuts
+                .iter()
+                .map(|cut| cut.index(answer.bytes.len().max(1)))
+                .collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut from = 0;
+            for point in points.into_iter().chain([answer.bytes.len()]) {
+                if point > from {
+                    let _ = stream.write_all(&answer.bytes[from..point]);
+                    std::thread::sleep(Duration::from_millis(1));
+                    from = point;
+                }
+            }
+            let _ = stream.shutdown(Shutdown::Write);
+            // Read what the client may still send, so the close is a FIN, not a reset.
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    addr
+}
+
+/// What a caller got from the gateway: the upstream's status, content type and body passed
+/// on, or the gateway's own error kind.
+fn outcome(server: &TestServer) -> String {
+    let response = server.get("/v1/user");
+    let body = response.body_text();
+    let own_error = matches!(response.status, 502 | 504)
+        && serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .is_some_and(|json| json.get("upstream").is_some());
+    if own_error {
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        return format!("{} {} {}", response.status, json["error"], json["kind"]);
+    }
+    format!(
+        "{} {:?} {:?}",
+        response.status,
+        response.header("content-type"),
+        body
+    )
+}
+
+thread_local! {
+    /// One scripted upstream, and a gateway with each client in front of it: one worker, no
+    /// idle connections kept, so that every call is one fresh exchange.
+    static GATEWAYS: (Arc<Mutex<Answer>>, TestServer, TestServer) = {
+        let current = Arc::new(Mutex::new(Answer { bytes: Vec::new(), cuts: Vec::new() }));
+        let addr = scripted_upstream(Arc::clone(&current));
+        let upstream = format!("http://{addr}/");
+        let gateway = |client: &str| {
+            spawn(config(&[
+                "gateway", "--upstream", &upstream, "--client", client, "--workers", "1",
+                "--pool-max-idle", "0", "--timeout", "2s", "--max-upstream-body", "2KiB",
+            ]))
+        };
+        (current, gateway("lean"), gateway("hyper-util"))
+    };
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn fuzz_differential_lean_client_reads_answers_as_hyper_util_does(answer in upstream_answer()) {
+        GATEWAYS.with(|(current, lean, hyper_util)| {
+            *current.lock().expect("the current answer") = answer.clone();
+            let lean_got = outcome(lean);
+            let hyper_got = outcome(hyper_util);
+            prop_assert_eq!(
+                &lean_got,
+                &hyper_got,
+                "upstream answered {:?}",
+                String::from_utf8_lossy(&answer.bytes)
+            );
+            Ok(())
+        })?;
+    }
+}
