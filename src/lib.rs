@@ -15,19 +15,13 @@
 //! - [`time`]: clock reads and the timestamp formats (pure, unit-tested at fixed instants).
 //! - [`watched`]: the socket under hyper: the write timeout, and what it saw last.
 
-pub mod avatar;
 pub mod behaviour;
-pub mod body;
-pub mod client;
 pub mod config;
-pub mod fast;
 pub mod gateway;
-pub mod healthcheck;
-pub mod metrics;
+pub mod ops;
 pub mod routes;
-pub mod server;
+pub mod serve;
 pub mod time;
-pub mod watched;
 
 pub use config::Config;
-pub use server::{Server, ServerError};
+pub use serve::{Server, ServerError};

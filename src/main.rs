@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use microservice2::config::{ConfigError, LogFormat};
-use microservice2::healthcheck;
+use microservice2::ops::healthcheck;
 use microservice2::{Config, Server};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::filter::{LevelFilter, Targets};

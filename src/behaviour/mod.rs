@@ -6,6 +6,7 @@
 //! the request's query string. Parsing ([`parse`]) and sampling ([`sample`]) are pure and
 //! unit-tested; the server applies the outcome of a [`Plan`].
 
+pub mod body;
 pub mod parse;
 pub mod sample;
 

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use microservice2::behaviour::Controls;
 use microservice2::behaviour::parse::{Limits, Unknown};
-use microservice2::fast::{Head, classify};
+use microservice2::serve::fast::{Head, classify};
 use microservice2::routes::{FaultSignal, Routes, Shared};
 use proptest::prelude::*;
 

@@ -1,7 +1,9 @@
 //! Gateway mode: the suite's "microservice 1". Each request on the gateway's path becomes a
 //! call to the upstream (or to several at once) over a pooled keep-alive HTTP/1.1 client, one
 //! pool per worker, with a deadline, retries and answers that name what went wrong. The client
-//! is hyper-util's pooled one, or with `--client lean` the leaner one in [`crate::client`].
+//! is hyper-util's pooled one, or with `--client lean` the leaner one in [`crate::gateway::lean`].
+
+pub mod lean;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -19,11 +21,10 @@ use tokio::time::Instant;
 
 use crate::behaviour::Rng;
 use crate::behaviour::parse as behaviour;
-use crate::client;
 // One upstream's answer, read whole (by either client).
-use crate::client::Response as Reply;
+use lean::Response as Reply;
 use crate::config::{ClientKind, GatewayConfig, Upstream};
-use crate::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
+use crate::ops::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
 use crate::routes::BEHAVIOUR_HEADER;
 
 /// Backoff doubles at most this many times (10 ms base: about 10 s), however many retries.
@@ -89,13 +90,13 @@ struct Failure {
     cause: String,
 }
 
-impl From<client::Error> for Failure {
-    fn from(err: client::Error) -> Failure {
+impl From<lean::Error> for Failure {
+    fn from(err: lean::Error) -> Failure {
         let kind = match err.kind {
-            client::ErrorKind::Connect => UpstreamError::Connect,
-            client::ErrorKind::Closed => UpstreamError::Closed,
-            client::ErrorKind::Malformed => UpstreamError::Malformed,
-            client::ErrorKind::TooLarge => UpstreamError::TooLarge,
+            lean::ErrorKind::Connect => UpstreamError::Connect,
+            lean::ErrorKind::Closed => UpstreamError::Closed,
+            lean::ErrorKind::Malformed => UpstreamError::Malformed,
+            lean::ErrorKind::TooLarge => UpstreamError::TooLarge,
         };
         Failure {
             kind,
@@ -181,8 +182,8 @@ impl Failure {
 /// The lean client's pool and what it sends each upstream.
 #[derive(Debug)]
 struct Lean {
-    pool: client::Pool,
-    targets: Vec<client::Target>,
+    pool: lean::Pool,
+    targets: Vec<lean::Target>,
     /// Each upstream's request without forwarded behaviour, written once.
     requests: Vec<Bytes>,
 }
@@ -193,7 +194,7 @@ impl Lean {
             .upstreams
             .iter()
             .map(|upstream| {
-                client::Target::of(&upstream.uri).expect("config validation requires a host")
+                lean::Target::of(&upstream.uri).expect("config validation requires a host")
             })
             .collect();
         let requests = config
@@ -203,7 +204,7 @@ impl Lean {
             .map(|(upstream, host)| request_head(&upstream.uri, host, None))
             .collect();
         Lean {
-            pool: client::Pool::new(
+            pool: lean::Pool::new(
                 config.upstreams.len(),
                 config.pool_max_idle,
                 config.max_upstream_body,

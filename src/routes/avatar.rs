@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hyper::HeaderMap;
 use hyper::header::{CONTENT_TYPE, DATE, HeaderName, HeaderValue, LOCATION};
 
-use crate::body::Content;
+use crate::behaviour::body::Content;
 use crate::config::DateHeader;
 use crate::time;
 

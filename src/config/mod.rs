@@ -289,8 +289,8 @@ impl Config {
                             ));
                         }
                         (Some(gateway), None) => gateway.max_upstream_body,
-                        (None, Some(count)) => crate::avatar::list(count).len(),
-                        (None, None) => crate::avatar::TEMPLATE.len(),
+                        (None, Some(count)) => crate::routes::avatar::list(count).len(),
+                        (None, None) => crate::routes::avatar::TEMPLATE.len(),
                     };
                     profile.check_rate(longest, &config.limits())?;
                     Ok(profile)
@@ -442,7 +442,7 @@ struct GatewayArgs {
 pub enum ClientKind {
     /// hyper-util's pooled client (`client::legacy::Client`).
     HyperUtil,
-    /// the gateway's own keep-alive client (`microservice2::client`).
+    /// the gateway's own keep-alive client (`microservice2::gateway::lean`).
     Lean,
 }
 

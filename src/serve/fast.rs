@@ -16,7 +16,7 @@
 //! monotonic clock. `tests/it/differential.rs` sends the same generated streams here and to
 //! hyper alone (`--no-fast-path`) and asserts the same bytes back.
 //!
-//! [`Snapshot`]: crate::avatar::Snapshot
+//! [`Snapshot`]: crate::routes::avatar::Snapshot
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::{CloseReason, MethodLabel, Route};
+use crate::ops::metrics::{CloseReason, MethodLabel, Route};
 use crate::routes::{GatewayWire, Routes};
 
 /// Headers a fast-path request may carry; one more sends it to hyper (whose limit is 100).
@@ -414,7 +414,7 @@ impl Connection<'_> {
         routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, answered[0]);
         routes.record(Route::Avatar, MethodLabel::Head, 200, elapsed, answered[1]);
         if routes.access_logging() {
-            let bytes = crate::avatar::TEMPLATE.len() as u64;
+            let bytes = crate::routes::avatar::TEMPLATE.len() as u64;
             for (method, count, bytes) in [("GET", answered[0], bytes), ("HEAD", answered[1], 0)] {
                 for _ in 0..count {
                     routes.access(method, routes.path(), 200, elapsed, bytes);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper::Uri;
 
-use crate::client::Target;
+use crate::gateway::lean::Target;
 
 /// How long the whole check may take: connect, then each read or write.
 const TIMEOUT: Duration = Duration::from_secs(2);

@@ -2,6 +2,8 @@
 //! in. This is the only module that knows the paths. [`Routes::respond`] answers at once when
 //! it can and returns a future only for requests with behaviour to act out.
 
+pub mod avatar;
+
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,13 +21,13 @@ use hyper::header::{
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::sync::Notify;
 
-use crate::avatar::{self, AvatarCache};
+use avatar::AvatarCache;
 use crate::behaviour::parse::Unknown;
 use crate::behaviour::{BehaviourError, Controls, Fault, Limits, Plan, Rng};
-use crate::body::{Body, Content};
+use crate::behaviour::body::{Body, Content};
 use crate::config::Config;
 use crate::gateway::{Forward, Gateway};
-use crate::metrics::{MethodLabel, Registry, Route, WorkerMetrics};
+use crate::ops::metrics::{MethodLabel, Registry, Route, WorkerMetrics};
 use crate::time;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");

@@ -3,6 +3,9 @@
 //! across workers and nothing is shared between them on the request path. Also owns graceful
 //! shutdown: stop accepting, let in-flight responses finish, close keep-alive connections.
 
+pub mod fast;
+pub mod watched;
+
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
@@ -24,12 +27,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::behaviour::Fault;
-use crate::body::Body;
+use crate::behaviour::body::Body;
 use crate::config::Config;
-use crate::fast::{self, Outcome, Prefixed, Timeouts};
-use crate::metrics::{CloseReason, Registry};
+use fast::{Outcome, Prefixed, Timeouts};
+use crate::ops::metrics::{CloseReason, Registry};
 use crate::routes::{FaultSignal, Recorded, Routes, Shared};
-use crate::watched::{Activity, Watched};
+use watched::{Activity, Watched};
 
 /// Pending connections the kernel queues per listener; sized for load tests that open
 /// thousands of connections at once.

@@ -1,0 +1,5 @@
+//! Operating the service: the metrics it records and serves, and the health check its container
+//! image runs.
+
+pub mod healthcheck;
+pub mod metrics;
