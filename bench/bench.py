@@ -39,7 +39,7 @@ BENCH = ROOT / "bench"
 RESULTS_DIR = BENCH / "results"
 RESULTS_MD = BENCH / "RESULTS.md"
 RELEASE_BIN = ROOT / "target" / "release" / "microservice2"
-AVATAR_JSON = ROOT / "src" / "routes" / "avatar.json"
+AVATAR_JSON = ROOT / "src" / "avatar.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

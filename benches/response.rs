@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::header::HeaderValue;
-use microservice2::config::{Config, DateHeader};
+use microservice2::avatar;
+use microservice2::config::Config;
 use microservice2::ops::metrics::{MethodLabel, Route};
 use microservice2::routes::{FaultSignal, Routes, Shared};
-use microservice2::routes::avatar;
 use microservice2::serve::fast;
+use microservice2::time::DateHeader;
 
 fn benches(c: &mut Criterion) {
     let routes = std::rc::Rc::new(Routes::new(&Config::default(), &Shared::new(1), 0));

@@ -15,6 +15,7 @@
 //! - [`time`]: clock reads and the timestamp formats (pure, unit-tested at fixed instants).
 //! - [`watched`]: the socket under hyper: the write timeout, and what it saw last.
 
+pub mod avatar;
 pub mod behaviour;
 pub mod config;
 pub mod gateway;

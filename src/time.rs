@@ -1,13 +1,24 @@
 //! Clock reads and the timestamp formats the service writes: the seed's `createdAt`
 //! (`2023-04-21T12:40:19.925Z`), the seed's `date` header (RFC 3339 with nanoseconds and
 //! `+00:00`) and the RFC 9110 IMF-fixdate. The formatters are pure and write into fixed-size
-//! arrays, so they never allocate and are unit-tested at fixed instants.
+//! arrays, so they never allocate and are unit-tested at fixed instants. Also the one grammar
+//! for durations (`250ms`, `1.5s`), shared by the flags and the behaviour controls.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut;
 
-use crate::config::DateHeader;
+use clap::ValueEnum;
+
+/// Which form the `date` response header takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DateHeader {
+    /// RFC 3339 with nanoseconds, as the seed sends: `2023-04-21T12:40:19.925350124+00:00`.
+    #[default]
+    Rfc3339,
+    /// RFC 9110 IMF-fixdate, for clients and caches that parse `date`: `Fri, 21 Apr 2023 12:40:19 GMT`.
+    Http,
+}
 
 /// Length of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub const CREATED_AT_LEN: usize = 24;
@@ -185,6 +196,32 @@ pub fn imf_fixdate(since_epoch: Duration) -> [u8; IMF_FIXDATE_LEN] {
     out
 }
 
+/// Parses a duration such as `10s`, `250ms`, `1.5s`, `150us`, `2m` or `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    const EXPECTED: &str =
+        "expected a number with a unit: ns, us, ms, s, m or h (e.g. 250ms, 1.5s)";
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| EXPECTED.to_owned())?;
+    let (number, unit) = value.split_at(split);
+    let nanos_per_unit: f64 = match unit {
+        "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        _ => return Err(EXPECTED.to_owned()),
+    };
+    let number: f64 = number.parse().map_err(|_| EXPECTED.to_owned())?;
+    let nanos = number * nanos_per_unit;
+    // A year is far beyond any timeout or delay this service has a use for.
+    if !nanos.is_finite() || nanos > 365.0 * 86_400e9 {
+        return Err("duration too large".to_owned());
+    }
+    Ok(Duration::from_nanos(nanos.round() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +346,26 @@ mod tests {
                     year += 1;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn durations_take_every_unit() {
+        for (text, expected) in [
+            ("150us", Duration::from_micros(150)),
+            ("250ms", Duration::from_millis(250)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("0s", Duration::ZERO),
+            ("10ns", Duration::from_nanos(10)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        for bad in [
+            "", "10", "s", "1.2.3s", "-1s", "1 s", "1d", "1e400s", "9999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 }

@@ -13,6 +13,9 @@ pub mod sample;
 use std::time::Duration;
 
 pub use parse::{Controls, Limits};
+
+/// The request header that carries behaviour controls.
+pub const HEADER: &str = "x-m2-behaviour";
 pub use sample::Rng;
 
 /// A malformed or out-of-range control: answered with `400` and

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{BehaviourError, Fault};
-use crate::config::parse_duration;
+use crate::time::parse_duration;
 
 /// The bounds the server was started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_count: u32,
 }
 
+/// The flags' defaults (60 s, 10,000), for the unit tests; the server takes its limits from
+/// the configuration.
+#[cfg(test)]
 impl Default for Limits {
     fn default() -> Self {
         Limits {

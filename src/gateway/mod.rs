@@ -22,10 +22,9 @@ use tokio::time::Instant;
 use crate::behaviour::Rng;
 use crate::behaviour::parse as behaviour;
 // One upstream's answer, read whole (by either client).
-use lean::Response as Reply;
 use crate::config::{ClientKind, GatewayConfig, Upstream};
 use crate::ops::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
-use crate::routes::BEHAVIOUR_HEADER;
+use lean::Response as Reply;
 
 /// Backoff doubles at most this many times (10 ms base: about 10 s), however many retries.
 const MAX_BACKOFF_DOUBLINGS: u32 = 10;
@@ -41,7 +40,7 @@ pub struct Forward {
 impl Forward {
     /// The behaviour header and behaviour query pairs of `request`.
     pub fn of<B>(request: &Request<B>) -> Forward {
-        let header = request.headers().get(BEHAVIOUR_HEADER).cloned();
+        let header = request.headers().get(crate::behaviour::HEADER).cloned();
         let query = request.uri().query().and_then(|query| {
             let pairs: Vec<&str> = query
                 .split('&')
@@ -225,7 +224,7 @@ fn request_head(uri: &Uri, host: &HeaderValue, behaviour: Option<&HeaderValue>) 
     head.extend_from_slice(host.as_bytes());
     if let Some(value) = behaviour {
         head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(BEHAVIOUR_HEADER.as_bytes());
+        head.extend_from_slice(crate::behaviour::HEADER.as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
     }
@@ -437,7 +436,7 @@ async fn hyper_util_once(
     if let Some(header) = &forward.header {
         request
             .headers_mut()
-            .insert(BEHAVIOUR_HEADER, header.clone());
+            .insert(crate::behaviour::HEADER, header.clone());
     }
     let response = client
         .request(request)
@@ -584,7 +583,7 @@ mod tests {
         *request.uri_mut() = target.parse().expect("a test target");
         if let Some(header) = header {
             request.headers_mut().insert(
-                BEHAVIOUR_HEADER,
+                crate::behaviour::HEADER,
                 HeaderValue::from_str(header).expect("ASCII"),
             );
         }
@@ -604,7 +603,7 @@ mod tests {
             pool_max_idle: 1,
             forward_behaviour: true,
             client: ClientKind::Lean,
-            max_upstream_body: crate::config::DEFAULT_MAX_UPSTREAM_BODY,
+            max_upstream_body: 16 << 20,
         };
         let hosts = [
             HeaderValue::from_static("[::1]:3000"),

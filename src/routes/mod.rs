@@ -2,8 +2,6 @@
 //! in. This is the only module that knows the paths. [`Routes::respond`] answers at once when
 //! it can and returns a future only for requests with behaviour to act out.
 
-pub mod avatar;
-
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,10 +19,10 @@ use hyper::header::{
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::sync::Notify;
 
-use avatar::AvatarCache;
-use crate::behaviour::parse::Unknown;
-use crate::behaviour::{BehaviourError, Controls, Fault, Limits, Plan, Rng};
+use crate::avatar::{self, AvatarCache};
 use crate::behaviour::body::{Body, Content};
+use crate::behaviour::parse::Unknown;
+use crate::behaviour::{self, BehaviourError, Controls, Fault, Limits, Plan, Rng};
 use crate::config::Config;
 use crate::gateway::{Forward, Gateway};
 use crate::ops::metrics::{MethodLabel, Registry, Route, WorkerMetrics};
@@ -34,9 +32,6 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const GET_HEAD: HeaderValue = HeaderValue::from_static("GET, HEAD");
 const ONE_SECOND: HeaderValue = HeaderValue::from_static("1");
-
-/// The request header that carries behaviour controls.
-pub const BEHAVIOUR_HEADER: &str = "x-m2-behaviour";
 
 /// The seed's 404 body.
 const NOT_FOUND_BODY: &[u8] = b"Not found";
@@ -130,7 +125,7 @@ pub struct Routes {
     /// Gateway mode: the path calls the upstream instead of answering avatars.
     gateway: Option<Gateway>,
     location: HeaderValue,
-    date_header: crate::config::DateHeader,
+    date_header: crate::time::DateHeader,
 }
 
 impl Routes {
@@ -394,9 +389,9 @@ impl Routes {
         if !self.allow_request_behaviour {
             return Ok(controls);
         }
-        if let Some(header) = request.headers().get(BEHAVIOUR_HEADER) {
+        if let Some(header) = request.headers().get(behaviour::HEADER) {
             let text = header.to_str().map_err(|_| {
-                BehaviourError::new(BEHAVIOUR_HEADER, "visible ASCII key=value pairs")
+                BehaviourError::new(behaviour::HEADER, "visible ASCII key=value pairs")
             })?;
             controls.merge(Controls::parse(text, &self.limits, Unknown::Reject)?);
         }

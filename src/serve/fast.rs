@@ -16,7 +16,7 @@
 //! monotonic clock. `tests/it/differential.rs` sends the same generated streams here and to
 //! hyper alone (`--no-fast-path`) and asserts the same bytes back.
 //!
-//! [`Snapshot`]: crate::routes::avatar::Snapshot
+//! [`Snapshot`]: crate::avatar::Snapshot
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -414,7 +414,7 @@ impl Connection<'_> {
         routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, answered[0]);
         routes.record(Route::Avatar, MethodLabel::Head, 200, elapsed, answered[1]);
         if routes.access_logging() {
-            let bytes = crate::routes::avatar::TEMPLATE.len() as u64;
+            let bytes = crate::avatar::TEMPLATE.len() as u64;
             for (method, count, bytes) in [("GET", answered[0], bytes), ("HEAD", answered[1], 0)] {
                 for _ in 0..count {
                     routes.access(method, routes.path(), 200, elapsed, bytes);

@@ -29,9 +29,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::behaviour::Fault;
 use crate::behaviour::body::Body;
 use crate::config::Config;
-use fast::{Outcome, Prefixed, Timeouts};
 use crate::ops::metrics::{CloseReason, Registry};
 use crate::routes::{FaultSignal, Recorded, Routes, Shared};
+use fast::{Outcome, Prefixed, Timeouts};
 use watched::{Activity, Watched};
 
 /// Pending connections the kernel queues per listener; sized for load tests that open

@@ -190,7 +190,7 @@ fn drip_spreads_the_body_over_the_duration() {
     let response = client.read_response(false);
     let elapsed = start.elapsed();
     assert_eq!(response.body.len(), 3696);
-    assert_eq!(&response.body[41..], &microservice2::routes::avatar::TEMPLATE[41..]);
+    assert_eq!(&response.body[41..], &microservice2::avatar::TEMPLATE[41..]);
     assert!(
         elapsed >= Duration::from_millis(950) && elapsed < Duration::from_millis(1600),
         "{elapsed:?}"

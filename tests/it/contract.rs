@@ -1,8 +1,8 @@
 //! The response contract of the seed: body bytes, headers, timestamps, HEAD, 404 and 405.
 
 use microservice2::Config;
-use microservice2::routes::avatar::{CREATED_AT_OFFSET, TEMPLATE};
-use microservice2::config::DateHeader;
+use microservice2::avatar::{CREATED_AT_OFFSET, TEMPLATE};
+use microservice2::time::DateHeader;
 
 use crate::support::{RawResponse, now_nanos, parse_imf, parse_iso, spawn, spawn_default};
 

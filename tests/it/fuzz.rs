@@ -8,9 +8,9 @@ use std::io::{Read, Write};
 use std::rc::Rc;
 
 use microservice2::behaviour::Controls;
-use microservice2::behaviour::parse::{Limits, Unknown};
-use microservice2::serve::fast::{Head, classify};
+use microservice2::behaviour::parse::Unknown;
 use microservice2::routes::{FaultSignal, Routes, Shared};
+use microservice2::serve::fast::{Head, classify};
 use proptest::prelude::*;
 
 use crate::support::{config, spawn};
@@ -50,11 +50,11 @@ proptest! {
     #[test]
     fn fuzz_behaviour_parser_never_panics(text in "[ -~]{0,80}") {
         for unknown in [Unknown::Reject, Unknown::Ignore] {
-            if let Ok(controls) = Controls::parse(&text, &Limits::default(), unknown) {
+            if let Ok(controls) = Controls::parse(&text, &microservice2::Config::default().limits(), unknown) {
                 // Whatever parses can be planned.
                 let mut rng = microservice2::behaviour::Rng::new(1);
-                let plan = controls.plan(&mut rng, 3, &Limits::default());
-                prop_assert!(plan.delay <= Limits::default().max_delay);
+                let plan = controls.plan(&mut rng, 3, &microservice2::Config::default().limits());
+                prop_assert!(plan.delay <= microservice2::Config::default().limits().max_delay);
             }
         }
     }

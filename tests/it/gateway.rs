@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use microservice2::routes::avatar::CREATED_AT_OFFSET;
+use microservice2::avatar::CREATED_AT_OFFSET;
 use prometheus_parse::Value;
 
 use crate::observability::{scrape, value};

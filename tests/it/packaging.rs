@@ -177,8 +177,7 @@ fn compose_services_answer_their_healthchecks() {
         // Started the way Compose starts it, the healthcheck command passes against it.
         let server = start_like_container(&args, &env);
         let local = url.replace(&format!(":{port}/"), &format!(":{}/", server.addr.port()));
-        let status = Command::new(env!("CARGO_BIN_EXE_microservice2"))
-            .args(["healthcheck", &local])
+        let status = crate::support::binary(&["healthcheck", &local])
             .status()
             .expect("run healthcheck");
         assert!(status.success(), "{name}: {local}");

@@ -71,9 +71,10 @@ pub fn spawn(config: Config) -> TestServer {
     }
 }
 
-/// A configuration parsed from flags, exactly as the binary parses them.
+/// A configuration parsed from flags, exactly as the binary parses them, with no environment.
 pub fn config(args: &[&str]) -> Config {
-    match Config::from_args(std::iter::once("microservice2").chain(args.iter().copied())) {
+    let argv = std::iter::once("microservice2").chain(args.iter().copied());
+    match Config::from_args_env(argv, &microservice2::config::env::NoEnv) {
         Ok(config) => config,
         Err(err) => panic!("bad test flags {args:?}: {err}"),
     }
@@ -277,13 +278,23 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
-/// The built binary, started with `args` and no `M2_*` variables inherited.
+/// The built binary, started with `args` and no `M1_*`/`M2_*` variables inherited.
 pub fn binary(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_microservice2"));
     command.args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("M2_") {
-            command.env_remove(key);
+    hermetic(&mut command);
+    command
+}
+
+/// Removes from what `command` inherits every `M1_*` and `M2_*` variable, and `RUST_LOG`, but
+/// those the test set on it on purpose: the caller's environment never reaches a child.
+pub fn hermetic(command: &mut Command) -> &mut Command {
+    let set: Vec<std::ffi::OsString> = command.get_envs().map(|(key, _)| key.to_owned()).collect();
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        let ours = name.starts_with("M1_") || name.starts_with("M2_") || name == "RUST_LOG";
+        if ours && !set.contains(&key) {
+            command.env_remove(&key);
         }
     }
     command
@@ -336,8 +347,7 @@ impl ChildServer {
     }
 
     pub fn start_command(mut command: Command, stderr: Stdio) -> ChildServer {
-        let mut child = command
-            .env_remove("RUST_LOG")
+        let mut child = hermetic(&mut command)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -10,8 +10,8 @@ use hyper::HeaderMap;
 use hyper::header::{CONTENT_TYPE, DATE, HeaderName, HeaderValue, LOCATION};
 
 use crate::behaviour::body::Content;
-use crate::config::DateHeader;
 use crate::time;
+use crate::time::DateHeader;
 
 /// The seed's response body, byte for byte as its curl output shows it.
 pub const TEMPLATE: &[u8; 3696] = include_bytes!("avatar.json");

@@ -1,0 +1,198 @@
+//! Gateway mode's command line: serve mode's flags with the gateway's defaults and `M1_*`
+//! variables (in gateway mode the `M2_*` ones describe the upstream), plus whom to call and
+//! how to fail; and the resolved [`GatewayConfig`].
+
+use std::time::Duration;
+
+use clap::{Args, Command, CommandFactory};
+use hyper::Uri;
+
+use super::cli::{DEFAULT_PATH, DEFAULT_PORT, ServeArgs, parse_positive_duration};
+use super::size::parse_size;
+use crate::time::parse_duration;
+
+/// The suite's microservice 1 listens on 8080 and serves `/v1/user`.
+const GATEWAY_PORT: &str = "8080";
+const GATEWAY_PATH: &str = "/v1/user";
+
+/// The gateway's own settings read `M1_*` variables: (argument, variable).
+const GATEWAY_ENV: [(&str, &str); 12] = [
+    ("host", "M1_DOMAIN"),
+    ("port", "M1_PORT"),
+    ("path", "M1_PATH"),
+    ("workers", "M1_WORKERS"),
+    ("date_header", "M1_DATE_HEADER"),
+    ("behaviour", "M1_BEHAVIOUR"),
+    ("max_connections", "M1_MAX_CONNECTIONS"),
+    ("admin_port", "M1_ADMIN_PORT"),
+    ("http2", "M1_HTTP2"),
+    ("log_format", "M1_LOG_FORMAT"),
+    ("write_timeout", "M1_WRITE_TIMEOUT"),
+    ("no_fast_path", "M1_NO_FAST_PATH"),
+];
+
+/// `microservice2 gateway`.
+pub(crate) fn command() -> Command {
+    let command = ServeArgs::command()
+        .bin_name("microservice2 gateway")
+        .after_help(None::<&str>)
+        .mut_arg("port", |arg| arg.default_value(GATEWAY_PORT))
+        .mut_arg("path", |arg| {
+            arg.default_value(GATEWAY_PATH)
+                .help("Path that calls the upstream and answers with what it said")
+        })
+        .mut_arg("behaviour", |arg| {
+            arg.help("Behaviour of the gateway itself, acted out before the upstream call")
+        });
+    let command = GATEWAY_ENV.iter().fold(command, |command, &(id, env)| {
+        command.mut_arg(id, |arg| arg.env(env))
+    });
+    // The about text goes in last: `augment_args` would put the struct's doc comment there.
+    GatewayArgs::augment_args(command).about(
+        "Gateway mode (the suite's microservice 1): answers GET /v1/user by calling the upstream",
+    )
+}
+
+/// Gateway mode's own flags, as parsed.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub(crate) struct GatewayArgs {
+    /// Upstream URL to call; repeat (or separate with commas) to fan out to several.
+    #[arg(long = "upstream", env = "M2_URL", value_name = "URL", value_delimiter = ',', value_parser = parse_upstream)]
+    upstreams: Vec<Upstream>,
+
+    /// Upstream scheme and host, used when no --upstream is given.
+    #[arg(
+        long,
+        env = "M2_DOMAIN",
+        value_name = "URL",
+        default_value = "http://127.0.0.1"
+    )]
+    upstream_domain: String,
+
+    /// Upstream port, used when no --upstream is given.
+    #[arg(long, env = "M2_PORT", value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    upstream_port: u16,
+
+    /// Upstream path, used when no --upstream is given.
+    #[arg(long, env = "M2_PATH", value_name = "PATH", default_value = DEFAULT_PATH)]
+    upstream_path: String,
+
+    /// Give up on the upstream after this long, retries included, and answer 504.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    timeout: Duration,
+
+    /// Retry connect errors and 502/503/504 answers this many times.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: u32,
+
+    /// First pause between retries; it doubles each time, with jitter.
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
+    retry_backoff: Duration,
+
+    /// Idle keep-alive connections each worker keeps per upstream host.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pool_max_idle: usize,
+
+    /// Pass the caller's x-m2-behaviour header and behaviour query parameters to the upstream.
+    #[arg(long)]
+    forward_behaviour: bool,
+
+    /// HTTP/1.1 client for upstream calls: hyper-util's pooled client, or the lean built-in one
+    /// (same pooling and failure policy, about a third of the instructions per call).
+    #[arg(long, env = "M1_CLIENT", value_name = "CLIENT", value_enum, default_value_t = ClientKind::HyperUtil)]
+    client: ClientKind,
+
+    /// Refuse (502) an upstream answer whose body is larger than this: bytes, or with KiB, MiB, GiB, kB, MB, GB.
+    #[arg(long, env = "M1_MAX_UPSTREAM_BODY", value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
+    max_upstream_body: usize,
+}
+
+/// The HTTP/1.1 client the gateway calls its upstreams with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// hyper-util's pooled client (`client::legacy::Client`).
+    HyperUtil,
+    /// the gateway's own keep-alive client (`microservice2::gateway::lean`).
+    Lean,
+}
+
+/// Gateway mode: whom to call and how to fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// One: its answer passes through. Several: called at once, answers gathered.
+    pub upstreams: Vec<Upstream>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub pool_max_idle: usize,
+    pub forward_behaviour: bool,
+    pub client: ClientKind,
+    /// `--max-upstream-body`, in bytes.
+    pub max_upstream_body: usize,
+}
+
+/// One upstream: the URL as given and as parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub url: String,
+    pub uri: Uri,
+}
+
+impl GatewayArgs {
+    /// The resolved settings: the upstream from `--upstream`, else built from its parts.
+    pub(crate) fn resolve(self) -> Result<GatewayConfig, String> {
+        let upstreams = if self.upstreams.is_empty() {
+            let domain = self.upstream_domain.trim_end_matches('/');
+            let domain = if domain.contains("://") {
+                domain.to_owned()
+            } else {
+                format!("http://{domain}")
+            };
+            let url = format!("{domain}:{}{}", self.upstream_port, self.upstream_path);
+            let upstream = parse_upstream(&url).map_err(|err| {
+                format!(
+                    "invalid upstream '{url}' built from M2_DOMAIN, M2_PORT and M2_PATH: {err} (or give --upstream URL)"
+                )
+            })?;
+            vec![upstream]
+        } else {
+            self.upstreams
+        };
+        Ok(GatewayConfig {
+            upstreams,
+            timeout: self.timeout,
+            retries: self.retries,
+            retry_backoff: self.retry_backoff,
+            pool_max_idle: self.pool_max_idle,
+            forward_behaviour: self.forward_behaviour,
+            client: self.client,
+            max_upstream_body: self.max_upstream_body,
+        })
+    }
+}
+
+fn parse_upstream(value: &str) -> Result<Upstream, String> {
+    let uri: Uri = value.parse().map_err(|err| {
+        format!("not a URL ({err}); expected e.g. http://127.0.0.1:3000/v1/avatar")
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "only http:// upstreams are supported, not {other}://"
+            ));
+        }
+        None => {
+            return Err(
+                "expected an absolute URL such as http://127.0.0.1:3000/v1/avatar".to_owned(),
+            );
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("the URL names no host".to_owned());
+    }
+    Ok(Upstream {
+        url: value.to_owned(),
+        uri,
+    })
+}
