@@ -3,28 +3,37 @@
 //! pool per worker, with a deadline, retries and answers that name what went wrong. The client
 //! is hyper-util's pooled one, or with `--client lean` the leaner one in [`crate::gateway::lean`].
 
+pub mod error;
+mod hyper_util;
 pub mod lean;
+mod wire;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::hyper_util::client::legacy::Client;
+use ::hyper_util::client::legacy::connect::HttpConnector;
+use ::hyper_util::rt::{TokioExecutor, TokioTimer};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http_body_util::Empty;
+use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::behaviour::Rng;
 use crate::behaviour::parse as behaviour;
-// One upstream's answer, read whole (by either client).
 use crate::config::{ClientKind, GatewayConfig, Upstream};
-use crate::ops::metrics::{UpstreamError, UpstreamOutcome, WorkerMetrics};
+use error::{Kind, Outcome, UpstreamError};
+// One upstream's answer, read whole (by either client).
 use lean::Response as Reply;
+use wire::request_head;
+
+/// Told of every attempt, for the metrics: which upstream, how it ended, how long it took.
+pub trait Observer: std::fmt::Debug {
+    fn attempt(&self, upstream: usize, outcome: Outcome, elapsed: Duration);
+}
 
 /// Backoff doubles at most this many times (10 ms base: about 10 s), however many retries.
 const MAX_BACKOFF_DOUBLINGS: u32 = 10;
@@ -82,102 +91,6 @@ pub struct Answer {
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// Why a call gave no answer, with the cause as text.
-#[derive(Debug)]
-struct Failure {
-    kind: UpstreamError,
-    cause: String,
-}
-
-impl From<lean::Error> for Failure {
-    fn from(err: lean::Error) -> Failure {
-        let kind = match err.kind {
-            lean::ErrorKind::Connect => UpstreamError::Connect,
-            lean::ErrorKind::Closed => UpstreamError::Closed,
-            lean::ErrorKind::Malformed => UpstreamError::Malformed,
-            lean::ErrorKind::TooLarge => UpstreamError::TooLarge,
-        };
-        Failure {
-            kind,
-            cause: err.cause,
-        }
-    }
-}
-
-impl Failure {
-    fn outcome(&self) -> UpstreamOutcome {
-        match self.kind {
-            UpstreamError::Connect => UpstreamOutcome::Connect,
-            UpstreamError::Timeout => UpstreamOutcome::Timeout,
-            // `Unavailable` is an answer (a 502, 503 or 504), never a failure's kind.
-            UpstreamError::Closed | UpstreamError::Unavailable => UpstreamOutcome::Closed,
-            UpstreamError::Malformed => UpstreamOutcome::Malformed,
-            UpstreamError::TooLarge => UpstreamOutcome::TooLarge,
-        }
-    }
-
-    /// The error message answered for this failure.
-    fn message(&self) -> &'static str {
-        match self.kind {
-            UpstreamError::Timeout => "upstream timeout",
-            UpstreamError::Connect => "upstream connection failed",
-            UpstreamError::Closed | UpstreamError::Unavailable => "upstream closed the connection",
-            UpstreamError::Malformed => "malformed upstream response",
-            UpstreamError::TooLarge => "upstream body too large",
-        }
-    }
-
-    fn status(&self) -> StatusCode {
-        if self.kind == UpstreamError::Timeout {
-            StatusCode::GATEWAY_TIMEOUT
-        } else {
-            StatusCode::BAD_GATEWAY
-        }
-    }
-
-    /// Sorts a client error into a kind: no connection, a malformed answer, or a connection
-    /// that ended before the whole answer.
-    fn of(err: &(dyn std::error::Error + 'static), connect: bool) -> Failure {
-        let mut cause = String::new();
-        let mut kind = if connect {
-            UpstreamError::Connect
-        } else {
-            UpstreamError::Closed
-        };
-        let mut next = Some(err);
-        while let Some(err) = next {
-            if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
-                if hyper.is_parse() || hyper.is_parse_status() {
-                    kind = UpstreamError::Malformed;
-                }
-            }
-            // hyper reports a body it cannot decode (a bad chunk size line, say) as an I/O
-            // error of kind invalid input or data.
-            let undecodable = err.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-                )
-            });
-            if undecodable && !connect {
-                kind = UpstreamError::Malformed;
-            }
-            // The client's own wrapper says only "client error (Kind)": skip it.
-            if err
-                .downcast_ref::<hyper_util::client::legacy::Error>()
-                .is_none()
-            {
-                if !cause.is_empty() {
-                    cause.push_str(": ");
-                }
-                let _ = write!(cause, "{err}");
-            }
-            next = err.source();
-        }
-        Failure { kind, cause }
-    }
-}
-
 /// The lean client's pool and what it sends each upstream.
 #[derive(Debug)]
 struct Lean {
@@ -214,24 +127,6 @@ impl Lean {
     }
 }
 
-/// A GET request's head as the lean client sends it: what hyper's client would write.
-fn request_head(uri: &Uri, host: &HeaderValue, behaviour: Option<&HeaderValue>) -> Bytes {
-    let target = uri.path_and_query().map_or("/", |target| target.as_str());
-    let mut head = Vec::with_capacity(64 + target.len());
-    head.extend_from_slice(b"GET ");
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    head.extend_from_slice(host.as_bytes());
-    if let Some(value) = behaviour {
-        head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(crate::behaviour::HEADER.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-    }
-    head.extend_from_slice(b"\r\n\r\n");
-    Bytes::from(head)
-}
-
 /// The HTTP/1.1 client a worker calls its upstreams with (`--client`).
 #[derive(Debug)]
 enum Caller {
@@ -247,18 +142,13 @@ pub struct Gateway {
     /// Each upstream's `host` header, made once: the client would format it per request.
     hosts: Vec<HeaderValue>,
     rng: RefCell<Rng>,
-    metrics: Arc<WorkerMetrics>,
-    record: bool,
+    /// Told of every attempt (the worker's metrics), unless metrics are off.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Gateway {
     /// A gateway with its own pool; `rng` jitters the retry backoff.
-    pub fn new(
-        config: &GatewayConfig,
-        metrics: Arc<WorkerMetrics>,
-        record: bool,
-        rng: Rng,
-    ) -> Gateway {
+    pub fn new(config: &GatewayConfig, observer: Option<Arc<dyn Observer>>, rng: Rng) -> Gateway {
         let hosts: Vec<HeaderValue> = config
             .upstreams
             .iter()
@@ -285,8 +175,7 @@ impl Gateway {
             config: config.clone(),
             hosts,
             rng: RefCell::new(rng),
-            metrics,
-            record,
+            observer,
         }
     }
 
@@ -330,7 +219,7 @@ impl Gateway {
         upstream: &Upstream,
         forward: &Forward,
         deadline: Instant,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<Reply, UpstreamError> {
         let uri = forward.uri(&upstream.uri);
         let host = &self.hosts[index];
         let mut attempt = 0;
@@ -339,10 +228,10 @@ impl Gateway {
             let call = self.once(index, &uri, host, forward);
             let result = match tokio::time::timeout_at(deadline, call).await {
                 Ok(result) => result,
-                Err(_) => Err(Failure {
-                    kind: UpstreamError::Timeout,
-                    cause: format!("no answer within {:?}", self.config.timeout),
-                }),
+                Err(_) => Err(UpstreamError::new(
+                    Kind::Timeout,
+                    format!("no answer within {:?}", self.config.timeout),
+                )),
             };
             let retry = self.observe(index, &result, start.elapsed());
             if !retry || attempt >= self.config.retries {
@@ -364,11 +253,11 @@ impl Gateway {
         uri: &Uri,
         host: &HeaderValue,
         forward: &Forward,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<Reply, UpstreamError> {
         match &self.caller {
             Caller::HyperUtil(client) => {
                 let max_body = self.config.max_upstream_body;
-                hyper_util_once(client, uri, host, forward, max_body).await
+                hyper_util::call(client, uri, host, forward, max_body).await
             }
             Caller::Lean(lean) => {
                 let forwarded;
@@ -384,29 +273,21 @@ impl Gateway {
         }
     }
 
-    /// Records one attempt; says whether it is worth retrying (a connect error, or a 502,
-    /// 503 or 504 answer).
-    fn observe(&self, index: usize, result: &Result<Reply, Failure>, elapsed: Duration) -> bool {
-        let (outcome, error) = match result {
-            Ok(reply) => {
-                let unavailable = matches!(reply.status.as_u16(), 502..=504);
-                (
-                    UpstreamOutcome::of_status(reply.status.as_u16()),
-                    unavailable.then_some(UpstreamError::Unavailable),
-                )
-            }
-            Err(failure) => (failure.outcome(), Some(failure.kind)),
+    /// Reports one attempt; says whether it is worth retrying.
+    fn observe(
+        &self,
+        index: usize,
+        result: &Result<Reply, UpstreamError>,
+        elapsed: Duration,
+    ) -> bool {
+        let outcome = match result {
+            Ok(reply) => Outcome::Answered(reply.status),
+            Err(err) => Outcome::Failed(err.kind),
         };
-        if self.record {
-            self.metrics.upstream_call(index, outcome, elapsed);
-            if let Some(kind) = error {
-                self.metrics.upstream_error(kind);
-            }
+        if let Some(observer) = &self.observer {
+            observer.attempt(index, outcome, elapsed);
         }
-        matches!(
-            error,
-            Some(UpstreamError::Connect | UpstreamError::Unavailable)
-        )
+        outcome.retryable()
     }
 
     /// The pause before retry number `attempt + 1`: the base doubled `attempt` times, of
@@ -421,62 +302,14 @@ impl Gateway {
     }
 }
 
-/// One request through hyper-util's pooled client, its body read whole: refused at once when
-/// its declared length is over `max_body`, else the moment it passes it.
-async fn hyper_util_once(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    uri: &Uri,
-    host: &HeaderValue,
-    forward: &Forward,
-    max_body: usize,
-) -> Result<Reply, Failure> {
-    let mut request = Request::new(Empty::new());
-    *request.uri_mut() = uri.clone();
-    request.headers_mut().insert(HOST, host.clone());
-    if let Some(header) = &forward.header {
-        request
-            .headers_mut()
-            .insert(crate::behaviour::HEADER, header.clone());
-    }
-    let response = client
-        .request(request)
-        .await
-        .map_err(|err| Failure::of(&err, err.is_connect()))?;
-    let (parts, body) = response.into_parts();
-    let too_large = || Failure {
-        kind: UpstreamError::TooLarge,
-        cause: format!("body over {max_body} bytes (--max-upstream-body)"),
-    };
-    // hyper reports a `content-length` as the body's exact size.
-    if hyper::body::Body::size_hint(&body).lower() > max_body as u64 {
-        return Err(too_large());
-    }
-    let body = Limited::new(body, max_body)
-        .collect()
-        .await
-        .map_err(|err| {
-            if err.is::<LengthLimitError>() {
-                too_large()
-            } else {
-                Failure::of(&*err, false)
-            }
-        })?
-        .to_bytes();
-    Ok(Reply {
-        status: parts.status,
-        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-        body,
-    })
-}
-
 /// The answer for a single upstream's failure: 504 for a timeout, else 502, naming the cause.
-fn failure_answer(failure: &Failure, upstream: &Upstream) -> Answer {
+fn failure_answer(failure: &UpstreamError, upstream: &Upstream) -> Answer {
     let mut body = format!(
         r#"{{"error":"{}","upstream":{}"#,
-        failure.message(),
+        failure.kind.message(),
         json_string(&upstream.url)
     );
-    if failure.kind != UpstreamError::Timeout {
+    if failure.kind != Kind::Timeout {
         let _ = write!(
             body,
             r#","kind":"{}","cause":{}"#,
@@ -486,7 +319,7 @@ fn failure_answer(failure: &Failure, upstream: &Upstream) -> Answer {
     }
     body.push('}');
     Answer {
-        status: failure.status(),
+        status: failure.kind.status(),
         content_type: JSON,
         body: Bytes::from(body),
     }
@@ -494,7 +327,7 @@ fn failure_answer(failure: &Failure, upstream: &Upstream) -> Answer {
 
 /// Gathers the answers of a fan-out: 200 with one entry per upstream when any answered; when
 /// none did, 504 if all timed out, else 502, with the same entries.
-fn fan_in(results: &[(&Upstream, Result<Reply, Failure>, Duration)]) -> Answer {
+fn fan_in(results: &[(&Upstream, Result<Reply, UpstreamError>, Duration)]) -> Answer {
     let mut entries = String::from("[");
     for (index, (upstream, result, elapsed)) in results.iter().enumerate() {
         if index > 0 {
@@ -525,7 +358,7 @@ fn fan_in(results: &[(&Upstream, Result<Reply, Failure>, Duration)]) -> Answer {
                 let _ = write!(
                     entries,
                     r#"null,"error":"{}","cause":{}"#,
-                    failure.message(),
+                    failure.kind.message(),
                     json_string(&failure.cause)
                 );
             }
@@ -537,9 +370,9 @@ fn fan_in(results: &[(&Upstream, Result<Reply, Failure>, Duration)]) -> Answer {
     let (status, body) = if answered {
         (StatusCode::OK, format!(r#"{{"upstreams":{entries}}}"#))
     } else {
-        let all_timed_out = results.iter().all(|(_, result, _)| {
-            matches!(result, Err(failure) if failure.kind == UpstreamError::Timeout)
-        });
+        let all_timed_out = results
+            .iter()
+            .all(|(_, result, _)| matches!(result, Err(failure) if failure.kind == Kind::Timeout));
         let (status, message) = if all_timed_out {
             (StatusCode::GATEWAY_TIMEOUT, "upstream timeout")
         } else {
@@ -658,23 +491,14 @@ mod tests {
     #[test]
     fn a_timeout_names_the_upstream_and_other_failures_their_cause() {
         let up = upstream("http://127.0.0.1:9/x");
-        let timeout = failure_answer(
-            &Failure {
-                kind: UpstreamError::Timeout,
-                cause: "no answer".into(),
-            },
-            &up,
-        );
+        let timeout = failure_answer(&UpstreamError::new(Kind::Timeout, "no answer"), &up);
         assert_eq!(timeout.status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(
             &timeout.body[..],
             br#"{"error":"upstream timeout","upstream":"http://127.0.0.1:9/x"}"#
         );
         let refused = failure_answer(
-            &Failure {
-                kind: UpstreamError::Connect,
-                cause: "Connection \"refused\"".into(),
-            },
+            &UpstreamError::new(Kind::Connect, "Connection \"refused\""),
             &up,
         );
         assert_eq!(refused.status, StatusCode::BAD_GATEWAY);
@@ -693,12 +517,7 @@ mod tests {
                 body: Bytes::from_static(body),
             })
         };
-        let timed_out = || {
-            Err(Failure {
-                kind: UpstreamError::Timeout,
-                cause: String::new(),
-            })
-        };
+        let timed_out = || Err(UpstreamError::new(Kind::Timeout, ""));
         let ms = Duration::from_millis(2);
         let answer = fan_in(&[(&a, ok(br#"[{"x":1}]"#), ms), (&b, ok(b"not json"), ms)]);
         assert_eq!(answer.status, StatusCode::OK);
@@ -710,10 +529,7 @@ mod tests {
         assert_eq!(answer.status, StatusCode::OK);
         let answer = fan_in(&[(&a, timed_out(), ms), (&b, timed_out(), ms)]);
         assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
-        let refused = Err(Failure {
-            kind: UpstreamError::Connect,
-            cause: String::new(),
-        });
+        let refused = Err(UpstreamError::new(Kind::Connect, ""));
         let answer = fan_in(&[(&a, timed_out(), ms), (&b, refused, ms)]);
         assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
         let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("JSON");

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::behaviour::Fault;
+use crate::gateway::Observer;
+use crate::gateway::error::Outcome;
 
 /// The routes requests are counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,100 +73,7 @@ impl MethodLabel {
     }
 }
 
-/// How one call to an upstream (one attempt) ended, for the gateway's histogram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamOutcome {
-    /// An answer, by status class.
-    Status2xx,
-    Status3xx,
-    Status4xx,
-    Status5xx,
-    /// No answer: the error kinds of [`UpstreamError`] that end an attempt.
-    Connect,
-    Timeout,
-    Closed,
-    Malformed,
-    TooLarge,
-}
-
-impl UpstreamOutcome {
-    const ALL: [UpstreamOutcome; 9] = [
-        UpstreamOutcome::Status2xx,
-        UpstreamOutcome::Status3xx,
-        UpstreamOutcome::Status4xx,
-        UpstreamOutcome::Status5xx,
-        UpstreamOutcome::Connect,
-        UpstreamOutcome::Timeout,
-        UpstreamOutcome::Closed,
-        UpstreamOutcome::Malformed,
-        UpstreamOutcome::TooLarge,
-    ];
-
-    /// The outcome of an answer with `status`.
-    pub fn of_status(status: u16) -> UpstreamOutcome {
-        match status {
-            0..300 => UpstreamOutcome::Status2xx,
-            300..400 => UpstreamOutcome::Status3xx,
-            400..500 => UpstreamOutcome::Status4xx,
-            _ => UpstreamOutcome::Status5xx,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            UpstreamOutcome::Status2xx => "2xx",
-            UpstreamOutcome::Status3xx => "3xx",
-            UpstreamOutcome::Status4xx => "4xx",
-            UpstreamOutcome::Status5xx => "5xx",
-            UpstreamOutcome::Connect => "connect",
-            UpstreamOutcome::Timeout => "timeout",
-            UpstreamOutcome::Closed => "closed",
-            UpstreamOutcome::Malformed => "malformed",
-            UpstreamOutcome::TooLarge => "too_large",
-        }
-    }
-}
-
-/// Why a call to an upstream did not give the gateway a usable answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    /// No connection: refused, unreachable, name not resolved.
-    Connect,
-    /// No whole answer within `--timeout`.
-    Timeout,
-    /// The connection was closed or reset before a whole answer.
-    Closed,
-    /// The answer was not valid HTTP/1.1.
-    Malformed,
-    /// The answer's body was larger than `--max-upstream-body`.
-    TooLarge,
-    /// The upstream answered 502, 503 or 504 (the statuses that are retried).
-    Unavailable,
-}
-
-impl UpstreamError {
-    const ALL: [UpstreamError; 6] = [
-        UpstreamError::Connect,
-        UpstreamError::Timeout,
-        UpstreamError::Closed,
-        UpstreamError::Malformed,
-        UpstreamError::TooLarge,
-        UpstreamError::Unavailable,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            UpstreamError::Connect => "connect",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Closed => "closed",
-            UpstreamError::Malformed => "malformed",
-            UpstreamError::TooLarge => "too_large",
-            UpstreamError::Unavailable => "unavailable",
-        }
-    }
-}
-
-const OUTCOMES: usize = UpstreamOutcome::ALL.len();
+const OUTCOMES: usize = Outcome::LABELS.len();
 
 /// Why a connection ended: the `reason` label of `microservice2_connections_closed_total`, so a
 /// user can tell which limit cut their clients.
@@ -299,7 +208,7 @@ pub struct WorkerMetrics {
     upstream_buckets: Vec<AtomicU64>,
     /// [upstream][outcome]: total nanoseconds.
     upstream_sum: Vec<AtomicU64>,
-    upstream_errors: [AtomicU64; UpstreamError::ALL.len()],
+    upstream_errors: [AtomicU64; Outcome::ERROR_LABELS.len()],
 }
 
 impl WorkerMetrics {
@@ -345,22 +254,6 @@ impl WorkerMetrics {
         );
     }
 
-    /// Records one call to upstream number `upstream` that ended with `outcome` after `elapsed`.
-    pub fn upstream_call(&self, upstream: usize, outcome: UpstreamOutcome, elapsed: Duration) {
-        let series = upstream * OUTCOMES + outcome as usize;
-        if let Some(sum) = self.upstream_sum.get(series) {
-            bump(
-                &self.upstream_buckets[series * (BUCKETS.len() + 1) + bucket(elapsed)],
-                1,
-            );
-            bump(sum, u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
-        }
-    }
-
-    pub fn upstream_error(&self, kind: UpstreamError) {
-        bump(&self.upstream_errors[kind as usize], 1);
-    }
-
     pub fn connection_accepted(&self) {
         bump(&self.accepted, 1);
     }
@@ -375,6 +268,24 @@ impl WorkerMetrics {
             .position(|f| *f == fault)
             .expect("Fault::ALL lists every fault");
         bump(&self.faults[index], 1);
+    }
+}
+
+/// Gateway mode: each attempt counted under its upstream and outcome, and as an error of its
+/// kind where it is one.
+impl Observer for WorkerMetrics {
+    fn attempt(&self, upstream: usize, outcome: Outcome, elapsed: Duration) {
+        let series = upstream * OUTCOMES + outcome.index();
+        if let Some(sum) = self.upstream_sum.get(series) {
+            bump(
+                &self.upstream_buckets[series * (BUCKETS.len() + 1) + bucket(elapsed)],
+                1,
+            );
+            bump(sum, u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+        }
+        if let Some(kind) = outcome.error_index() {
+            bump(&self.upstream_errors[kind], 1);
+        }
     }
 }
 
@@ -523,8 +434,8 @@ impl Registry {
              # TYPE microservice2_upstream_request_duration_seconds histogram"
         );
         for (index, url) in self.upstreams.iter().enumerate() {
-            for outcome in UpstreamOutcome::ALL {
-                let series = index * OUTCOMES + outcome as usize;
+            for (outcome, label) in Outcome::LABELS.iter().enumerate() {
+                let series = index * OUTCOMES + outcome;
                 let base = series * (BUCKETS.len() + 1);
                 let count = |bucket| self.sum(|w| load(&w.upstream_buckets[base + bucket]));
                 // Outcomes never seen are left out: eight series per upstream would be noise.
@@ -534,11 +445,7 @@ impl Registry {
                 write_histogram(
                     out,
                     "microservice2_upstream_request_duration_seconds",
-                    &format!(
-                        "upstream=\"{}\",outcome=\"{}\"",
-                        escape(url),
-                        outcome.label()
-                    ),
+                    &format!("upstream=\"{}\",outcome=\"{}\"", escape(url), label),
                     count,
                     self.sum(|w| load(&w.upstream_sum[series])),
                 );
@@ -549,12 +456,11 @@ impl Registry {
             "# HELP microservice2_upstream_errors_total Upstream calls that gave no usable answer, by kind.\n\
              # TYPE microservice2_upstream_errors_total counter"
         );
-        for kind in UpstreamError::ALL {
-            let value = self.sum(|w| load(&w.upstream_errors[kind as usize]));
+        for (kind, label) in Outcome::ERROR_LABELS.iter().enumerate() {
+            let value = self.sum(|w| load(&w.upstream_errors[kind]));
             let _ = writeln!(
                 out,
-                "microservice2_upstream_errors_total{{kind=\"{}\"}} {value}",
-                kind.label()
+                "microservice2_upstream_errors_total{{kind=\"{label}\"}} {value}"
             );
         }
     }

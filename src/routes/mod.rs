@@ -140,12 +140,9 @@ impl Routes {
         };
         let metrics = shared.metrics.worker(worker);
         let gateway = config.gateway.as_ref().map(|gateway| {
-            Gateway::new(
-                gateway,
-                Arc::clone(&metrics),
-                !config.no_metrics,
-                Rng::new(rng.next_u64()),
-            )
+            let observer = (!config.no_metrics)
+                .then(|| Arc::clone(&metrics) as Arc<dyn crate::gateway::Observer>);
+            Gateway::new(gateway, observer, Rng::new(rng.next_u64()))
         });
         Routes {
             path: config.path.clone(),
