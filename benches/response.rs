@@ -16,7 +16,6 @@ use microservice2::avatar;
 use microservice2::config::Config;
 use microservice2::ops::metrics::{MethodLabel, Route};
 use microservice2::routes::{FaultSignal, Routes, Shared};
-use microservice2::serve::fast;
 use microservice2::time::DateHeader;
 
 fn benches(c: &mut Criterion) {
@@ -51,7 +50,12 @@ fn benches(c: &mut Criterion) {
     });
     let wrk_request = b"GET /v1/avatar HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n\r\n";
     c.bench_function("classify", |b| {
-        b.iter(|| black_box(fast::classify(black_box(wrk_request), "/v1/avatar")))
+        b.iter(|| {
+            black_box(microservice2::routes::classify(
+                black_box(wrk_request),
+                "/v1/avatar",
+            ))
+        })
     });
 }
 

@@ -22,6 +22,7 @@ use crate::behaviour::parse::Unknown;
 use crate::behaviour::{BehaviourError, Controls, Limits};
 use crate::time::DateHeader;
 use cli::ServeArgs;
+pub use cli::{HEALTHZ, METRICS, READYZ, RESERVED_PATHS};
 use env::{Binding, Env, ProcessEnv};
 pub use gateway::{ClientKind, GatewayConfig, Upstream};
 

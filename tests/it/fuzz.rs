@@ -10,7 +10,7 @@ use std::rc::Rc;
 use microservice2::behaviour::Controls;
 use microservice2::behaviour::parse::Unknown;
 use microservice2::routes::{FaultSignal, Routes, Shared};
-use microservice2::serve::fast::{Head, classify};
+use microservice2::routes::{Head, classify};
 use proptest::prelude::*;
 
 use crate::support::{config, spawn};

@@ -1,0 +1,110 @@
+//! Admission: the state all workers share (requests in flight, readiness, open
+//! connections), and whether a request may go on under `--max-inflight`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use super::Routes;
+use crate::behaviour::Controls;
+use crate::ops::metrics::Registry;
+
+/// State shared by all workers. The request path touches none of it but for requests on the
+/// behaviour path (the in-flight count); each worker writes only its own metrics.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Requests in flight on the behaviour path, for `--max-inflight` and `linear(…)`.
+    pub(super) inflight: Arc<AtomicUsize>,
+    /// False from the moment shutdown begins: `/readyz` answers 503.
+    pub(super) ready: Arc<AtomicBool>,
+    /// Connections open on all workers, for `--max-connections` (touched per connection).
+    pub(super) connections: Arc<AtomicUsize>,
+    pub(super) metrics: Registry,
+}
+
+impl Shared {
+    pub fn new(workers: usize) -> Shared {
+        Shared::with_upstreams(workers, Vec::new())
+    }
+
+    /// Gateway mode's shared state: metrics also count calls to `upstreams` (their URLs).
+    pub fn with_upstreams(workers: usize, upstreams: Vec<String>) -> Shared {
+        Shared {
+            inflight: Arc::default(),
+            ready: Arc::new(AtomicBool::new(true)),
+            connections: Arc::default(),
+            metrics: Registry::new(workers.max(1), upstreams),
+        }
+    }
+
+    /// Counts a new connection in, unless `limit` are open already.
+    pub fn admit_connection(&self, limit: usize) -> bool {
+        if self.connections.fetch_add(1, Ordering::Relaxed) < limit {
+            true
+        } else {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Counts a connection out.
+    pub fn connection_ended(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Every worker's metrics.
+    pub fn metrics(&self) -> Registry {
+        self.metrics.clone()
+    }
+
+    /// Shutdown has begun: readiness turns 503.
+    pub fn set_draining(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Whether a request may go on.
+pub(super) enum Admission {
+    /// Yes; counted in flight while the guard lives, when counting is needed.
+    Admitted(Option<InflightGuard>),
+    /// No: above `--max-inflight`.
+    Shed,
+}
+
+/// Decrements the in-flight count when the request is done (or dropped).
+#[derive(Debug)]
+pub(super) struct InflightGuard {
+    inflight: Arc<AtomicUsize>,
+    /// The count including this request.
+    count: usize,
+}
+
+impl InflightGuard {
+    pub(super) fn new(inflight: &Arc<AtomicUsize>) -> InflightGuard {
+        let count = inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        InflightGuard {
+            inflight: Arc::clone(inflight),
+            count,
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Routes {
+    /// Counts the request in flight when anything needs the count (load shedding, a
+    /// behaviour to act out, an upstream call: `always`); above `--max-inflight`, sheds it.
+    pub(super) fn admit(&self, controls: &Controls, always: bool) -> Admission {
+        if !always && self.max_inflight.is_none() && controls.is_empty() {
+            return Admission::Admitted(None);
+        }
+        let guard = InflightGuard::new(&self.shared.inflight);
+        match self.max_inflight {
+            Some(max) if guard.count > max => Admission::Shed,
+            _ => Admission::Admitted(Some(guard)),
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! One accepted connection: the fast path first, then, from the first request it does not
+//! take, hyper (HTTP/1.1, or HTTP/2 with prior knowledge) with graceful shutdown, the socket
+//! faults behaviour injection raises, and why the connection ended, counted when it is dropped.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::fast::{self, Outcome, Prefixed, Timeouts};
+use super::watched::{Activity, Watched};
+use crate::behaviour::Fault;
+use crate::behaviour::body::Body;
+use crate::ops::metrics::CloseReason;
+use crate::routes::{FaultSignal, Recorded, Routes};
+
+/// One accepted connection and what it needs from its worker.
+pub(super) struct Connection {
+    pub(super) timeouts: Timeouts,
+    /// `--http2`: serve h2c when the client opens with the HTTP/2 preface.
+    pub(super) http2: bool,
+    /// False when every request needs planning, and on the admin listener.
+    pub(super) fast_path: bool,
+    /// Accepted on the admin listener: only the admin paths are served.
+    pub(super) admin: bool,
+    pub(super) routes: Rc<Routes>,
+    pub(super) http: Rc<http1::Builder>,
+    pub(super) stop: watch::Receiver<bool>,
+    /// Why the connection ended, once known; counted when it is dropped.
+    pub(super) reason: Option<CloseReason>,
+    /// Dropped when the connection ends, which is how the worker knows it has drained.
+    pub(super) _open: mpsc::Sender<()>,
+}
+
+impl Connection {
+    /// Serves the connection. Every connection's task is as large as this future, so the
+    /// paths that hold hyper's connection state (and gateway mode's upstream call) are
+    /// boxed: a serve-mode fast-path task is about 1 KB instead of 4.4 KB, and the task is
+    /// most of what each of 10,000 open connections costs.
+    pub(super) async fn serve(mut self, stream: TcpStream) {
+        if !self.fast_path {
+            return Box::pin(self.serve_without_fast_path(stream)).await;
+        }
+        let (routes, stop) = (&self.routes, self.stop.clone());
+        // The one place the mode shows: what answers a plain request. Gateway mode plugs in
+        // its upstream call; each call's state (the client's futures, several kilobytes) is
+        // boxed for the length of the call, so that an idle gateway connection holds none of
+        // it (8.8 KB a connection inline, against 2 KB boxed, after a burst of 300 callers),
+        // and the connection's own task is boxed too, so that serve mode's tasks stay small.
+        let outcome = if routes.is_gateway() {
+            let calls = fast::Calls(|head_only| Box::pin(routes.gateway_wire(head_only)));
+            Box::pin(fast::serve(stream, routes, self.timeouts, stop, calls)).await
+        } else {
+            fast::serve(stream, routes, self.timeouts, stop, fast::Avatars).await
+        };
+        match outcome {
+            Outcome::Closed(reason) => self.reason = Some(reason),
+            Outcome::Hyper(stream) => {
+                let h2 = self.http2 && stream.prefix().starts_with(H2_PREFACE_START);
+                Box::pin(self.serve_hyper(stream, h2)).await;
+            }
+        }
+    }
+
+    /// With the fast path off (every request planned, or the admin listener), hyper serves
+    /// every request.
+    async fn serve_without_fast_path(mut self, stream: TcpStream) {
+        let h2 = if self.http2 {
+            // Waiting for the first bytes is waiting on an idle connection: it ends at the
+            // idle timeout or when shutdown begins, as it would on the fast path.
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                h2 = opens_with_preface(&stream) => h2,
+                () = tokio::time::sleep(self.timeouts.idle) => {
+                    self.reason = Some(CloseReason::IdleTimeout);
+                    return;
+                }
+                _ = stop.wait_for(|stopped| *stopped) => {
+                    self.reason = Some(CloseReason::Shutdown);
+                    return;
+                }
+            }
+        } else {
+            false
+        };
+        self.serve_hyper(Prefixed::new(Bytes::new(), stream), h2)
+            .await;
+    }
+
+    /// Hands the connection to hyper for the rest of its life, with graceful shutdown and
+    /// the socket faults that behaviour injection raises.
+    async fn serve_hyper(self, stream: Prefixed, h2: bool) {
+        if h2 {
+            self.serve_h2(stream).await;
+        } else {
+            self.serve_h1(stream).await;
+        }
+    }
+
+    /// The hyper service for this connection, and the signal its requests raise faults on.
+    fn service(&self) -> (AvatarService, Rc<FaultSignal>) {
+        let faults = Rc::new(FaultSignal::default());
+        let service = AvatarService {
+            routes: Rc::clone(&self.routes),
+            faults: Rc::clone(&faults),
+            admin: self.admin,
+        };
+        (service, faults)
+    }
+
+    /// The socket as hyper gets it: writes held to the write timeout, its activity noted.
+    fn watched(&self, stream: Prefixed) -> (TokioIo<Watched<Prefixed>>, Rc<Activity>) {
+        let activity = Rc::new(Activity::default());
+        let io = Watched::new(stream, self.timeouts.write, Rc::clone(&activity));
+        (TokioIo::new(io), activity)
+    }
+
+    /// HTTP/2 with prior knowledge. A socket fault raised by any stream ends the connection.
+    async fn serve_h2(mut self, stream: Prefixed) {
+        let (service, faults) = self.service();
+        let (io, activity) = self.watched(stream);
+        let connection = http2::Builder::new(LocalExec).serve_connection(io, service);
+        let mut connection = std::pin::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => Some(ended),
+            _ = faults.raised() => {
+                self.reason = Some(CloseReason::Fault);
+                return;
+            }
+            _ = self.stop.wait_for(|stopped| *stopped) => None,
+        };
+        self.reason = Some(match ended {
+            Some(ended) => ended_by(ended, &activity),
+            None => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+                CloseReason::Shutdown
+            }
+        });
+    }
+
+    async fn serve_h1(mut self, stream: Prefixed) {
+        let (service, faults) = self.service();
+        let (io, activity) = self.watched(stream);
+        let mut connection = self.http.serve_connection(io, service);
+        // Let hyper take in the bytes the fast path already read before it can be told to
+        // shut down: hyper closes a connection that has read nothing at once, which would
+        // drop a request that is in fact in flight.
+        let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut connection).poll(cx))).await;
+        if let Poll::Ready(ended) = first {
+            self.reason = Some(ended_by(ended, &activity));
+            return;
+        }
+        let fault = tokio::select! {
+            ended = &mut connection => {
+                self.reason = Some(ended_by(ended, &activity));
+                return;
+            }
+            fault = faults.raised() => Some(fault),
+            _ = self.stop.wait_for(|stopped| *stopped) => None,
+        };
+        let Some(fault) = fault else {
+            Pin::new(&mut connection).graceful_shutdown();
+            self.reason = Some(CloseReason::Shutdown);
+            tokio::select! {
+                _ = &mut connection => {}
+                fault = faults.raised() => {
+                    self.reason = Some(CloseReason::Fault);
+                    abort(connection, fault);
+                }
+            }
+            return;
+        };
+        self.reason = Some(CloseReason::Fault);
+        abort(connection, fault);
+    }
+}
+
+/// Why hyper's connection ended, from what it returned and what its socket saw: the client
+/// (a clean close, a reset, a request cut short), a timeout (hyper's header timeout covers
+/// the idle wait too: a head under way tells them apart), the write timeout, or an error
+/// (a request hyper could not parse and answered with a 4xx).
+fn ended_by(ended: Result<(), hyper::Error>, activity: &Activity) -> CloseReason {
+    let Err(err) = ended else {
+        return CloseReason::Client;
+    };
+    if activity.write_timed_out() {
+        return CloseReason::WriteTimeout;
+    }
+    if err.is_timeout() {
+        return if activity.mid_head() {
+            CloseReason::HeaderTimeout
+        } else {
+            CloseReason::IdleTimeout
+        };
+    }
+    if err.is_incomplete_message() {
+        return CloseReason::Client;
+    }
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return CloseReason::of_io(io);
+        }
+        source = cause.source();
+    }
+    CloseReason::Error
+}
+
+/// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Whether the client opens with the HTTP/2 preface, read ahead without consuming anything
+/// (the bytes stay in the socket for hyper).
+async fn opens_with_preface(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE_START.len()];
+    // A client that sends the preface in pieces gets a second; then it is taken as HTTP/1.
+    for _ in 0..1000 {
+        match stream.peek(&mut buf).await {
+            Ok(n) if n == buf.len() => return buf[..] == *H2_PREFACE_START,
+            Ok(n) if n > 0 && H2_PREFACE_START.starts_with(&buf[..n]) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Runs hyper's HTTP/2 stream tasks on the worker's own thread (the service is not `Send`).
+#[derive(Clone, Copy, Debug)]
+struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // No reason: the task was dropped, at the end of the shutdown timeout or by a panic.
+        let reason = self.reason.unwrap_or(if *self.stop.borrow() {
+            CloseReason::Shutdown
+        } else {
+            CloseReason::Error
+        });
+        self.routes.metrics().connection_closed(reason);
+        self.routes.shared().connection_ended();
+    }
+}
+
+/// Ends a connection for a socket fault: `reset` sends a TCP RST (`SO_LINGER` 0, then
+/// close), `close` a plain FIN; neither writes a response.
+fn abort(connection: http1::Connection<TokioIo<Watched<Prefixed>>, AvatarService>, fault: Fault) {
+    let stream = connection
+        .into_parts()
+        .io
+        .into_inner()
+        .into_inner()
+        .into_stream();
+    if fault == Fault::Reset {
+        if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            tracing::warn!("cannot arm a reset: {err}");
+        }
+    }
+    drop(stream);
+}
+
+/// The hyper service of one connection: answers from the worker's [`Routes`].
+#[derive(Debug)]
+struct AvatarService {
+    routes: Rc<Routes>,
+    faults: Rc<FaultSignal>,
+    admin: bool,
+}
+
+impl hyper::service::Service<Request<Incoming>> for AvatarService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Recorded;
+
+    fn call(&self, request: Request<Incoming>) -> Recorded {
+        self.routes.call(&request, &self.faults, self.admin)
+    }
+}
