@@ -3,13 +3,14 @@
 //! pool per worker, with a deadline, retries and answers that name what went wrong. The client
 //! is hyper-util's pooled one, or with `--client lean` the leaner one in [`crate::gateway::lean`].
 
+mod answer;
 pub mod error;
+mod forward;
 mod hyper_util;
 pub mod lean;
 mod wire;
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,13 +20,14 @@ use ::hyper_util::rt::{TokioExecutor, TokioTimer};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::HeaderValue;
-use hyper::{Request, StatusCode, Uri};
+use hyper::{StatusCode, Uri};
 use tokio::time::Instant;
 
 use crate::behaviour::Rng;
-use crate::behaviour::parse as behaviour;
 use crate::config::{ClientKind, GatewayConfig, Upstream};
+use answer::{failure_answer, fan_in};
 use error::{Kind, Outcome, UpstreamError};
+pub use forward::Forward;
 // One upstream's answer, read whole (by either client).
 use lean::Response as Reply;
 use wire::request_head;
@@ -37,48 +39,6 @@ pub trait Observer: std::fmt::Debug {
 
 /// Backoff doubles at most this many times (10 ms base: about 10 s), however many retries.
 const MAX_BACKOFF_DOUBLINGS: u32 = 10;
-
-/// The behaviour a caller asked for that the gateway passes on (`--forward-behaviour`).
-#[derive(Debug, Clone, Default)]
-pub struct Forward {
-    header: Option<HeaderValue>,
-    /// Only the behaviour pairs of the caller's query, as written.
-    query: Option<String>,
-}
-
-impl Forward {
-    /// The behaviour header and behaviour query pairs of `request`.
-    pub fn of<B>(request: &Request<B>) -> Forward {
-        let header = request.headers().get(crate::behaviour::HEADER).cloned();
-        let query = request.uri().query().and_then(|query| {
-            let pairs: Vec<&str> = query
-                .split('&')
-                .filter(|pair| {
-                    let key = pair.split_once('=').map_or(*pair, |(key, _)| key);
-                    behaviour::KEYS.contains(&key)
-                })
-                .collect();
-            (!pairs.is_empty()).then(|| pairs.join("&"))
-        });
-        Forward { header, query }
-    }
-
-    /// The URI to call: the upstream's, with the forwarded pairs added to its query.
-    fn uri(&self, upstream: &Uri) -> Uri {
-        let Some(query) = &self.query else {
-            return upstream.clone();
-        };
-        let path = upstream.path();
-        let path_and_query = match upstream.query() {
-            Some(own) => format!("{path}?{own}&{query}"),
-            None => format!("{path}?{query}"),
-        };
-        let mut parts = upstream.clone().into_parts();
-        // Built from a valid path and query pairs taken from a valid request target.
-        parts.path_and_query = path_and_query.parse().ok();
-        Uri::from_parts(parts).unwrap_or_else(|_| upstream.clone())
-    }
-}
 
 /// What the gateway answers its caller: status, content type and body (the caller adds the
 /// gateway's own headers).
@@ -302,106 +262,12 @@ impl Gateway {
     }
 }
 
-/// The answer for a single upstream's failure: 504 for a timeout, else 502, naming the cause.
-fn failure_answer(failure: &UpstreamError, upstream: &Upstream) -> Answer {
-    let mut body = format!(
-        r#"{{"error":"{}","upstream":{}"#,
-        failure.kind.message(),
-        json_string(&upstream.url)
-    );
-    if failure.kind != Kind::Timeout {
-        let _ = write!(
-            body,
-            r#","kind":"{}","cause":{}"#,
-            failure.kind.label(),
-            json_string(&failure.cause)
-        );
-    }
-    body.push('}');
-    Answer {
-        status: failure.kind.status(),
-        content_type: JSON,
-        body: Bytes::from(body),
-    }
-}
-
-/// Gathers the answers of a fan-out: 200 with one entry per upstream when any answered; when
-/// none did, 504 if all timed out, else 502, with the same entries.
-fn fan_in(results: &[(&Upstream, Result<Reply, UpstreamError>, Duration)]) -> Answer {
-    let mut entries = String::from("[");
-    for (index, (upstream, result, elapsed)) in results.iter().enumerate() {
-        if index > 0 {
-            entries.push(',');
-        }
-        let _ = write!(
-            entries,
-            r#"{{"url":{},"status":"#,
-            json_string(&upstream.url)
-        );
-        match result {
-            Ok(reply) => {
-                let _ = write!(entries, "{}", reply.status.as_u16());
-            }
-            Err(_) => entries.push_str("null"),
-        }
-        let _ = write!(
-            entries,
-            r#","duration_ms":{:.3},"body":"#,
-            elapsed.as_secs_f64() * 1e3
-        );
-        match result {
-            Ok(reply) if is_json(&reply.body) => {
-                entries.push_str(&String::from_utf8_lossy(&reply.body));
-            }
-            Ok(_) => entries.push_str("null"),
-            Err(failure) => {
-                let _ = write!(
-                    entries,
-                    r#"null,"error":"{}","cause":{}"#,
-                    failure.kind.message(),
-                    json_string(&failure.cause)
-                );
-            }
-        }
-        entries.push('}');
-    }
-    entries.push(']');
-    let answered = results.iter().any(|(_, result, _)| result.is_ok());
-    let (status, body) = if answered {
-        (StatusCode::OK, format!(r#"{{"upstreams":{entries}}}"#))
-    } else {
-        let all_timed_out = results
-            .iter()
-            .all(|(_, result, _)| matches!(result, Err(failure) if failure.kind == Kind::Timeout));
-        let (status, message) = if all_timed_out {
-            (StatusCode::GATEWAY_TIMEOUT, "upstream timeout")
-        } else {
-            (StatusCode::BAD_GATEWAY, "all upstreams failed")
-        };
-        (
-            status,
-            format!(r#"{{"error":"{message}","upstreams":{entries}}}"#),
-        )
-    };
-    Answer {
-        status,
-        content_type: JSON,
-        body: Bytes::from(body),
-    }
-}
-
-/// Whether `body` is one JSON value (UTF-8), so it can be embedded as it is.
-fn is_json(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body).is_ok()
-}
-
-/// `text` as a JSON string literal.
-fn json_string(text: &str) -> String {
-    serde_json::Value::from(text).to_string()
-}
-
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
+    use hyper::Request;
+
+    use super::answer::{failure_answer, fan_in};
     use super::*;
 
     fn upstream(url: &str) -> Upstream {

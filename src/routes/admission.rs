@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::Routes;
 use crate::behaviour::Controls;
-use crate::ops::metrics::Registry;
+use crate::ops::exposition::Registry;
 
 /// State shared by all workers. The request path touches none of it but for requests on the
 /// behaviour path (the in-flight count); each worker writes only its own metrics.

@@ -23,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::ops::metrics::{CloseReason, Registry};
+use crate::ops::exposition::Registry;
+use crate::ops::metrics::CloseReason;
 use crate::routes::{Routes, Shared};
 use connection::Connection;
 use fast::Timeouts;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use microservice2::ops::metrics::Registry;
+use microservice2::ops::exposition::Registry;
 use microservice2::{Config, Server};
 use tokio::sync::oneshot;
 

@@ -1,0 +1,291 @@
+//! The Prometheus text exposition (format 0.0.4) of every worker's metrics, merged at
+//! scrape: the only place that adds the workers' counters up.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::metrics::{BUCKETS, CloseReason, METHODS, MethodLabel, OUTCOMES, Route, WorkerMetrics};
+use super::process;
+use crate::behaviour::Fault;
+use crate::gateway::error::Outcome;
+
+/// Every worker's metrics, for merging at scrape time.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    workers: Arc<Vec<Arc<WorkerMetrics>>>,
+    /// Gateway mode: the upstreams' URLs, the `upstream` label (empty in serve mode).
+    upstreams: Arc<[String]>,
+}
+
+impl Registry {
+    pub fn new(workers: usize, upstreams: Vec<String>) -> Registry {
+        Registry {
+            workers: Arc::new(
+                (0..workers)
+                    .map(|_| Arc::new(WorkerMetrics::new(upstreams.len())))
+                    .collect(),
+            ),
+            upstreams: upstreams.into(),
+        }
+    }
+
+    /// The metrics worker `index` writes.
+    pub fn worker(&self, index: usize) -> Arc<WorkerMetrics> {
+        Arc::clone(&self.workers[index % self.workers.len()])
+    }
+
+    fn sum(&self, read: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.workers.iter().map(|w| read(w)).sum()
+    }
+
+    /// The exposition text. `inflight` is the current number of requests in flight.
+    pub fn render(&self, inflight: usize) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(8192);
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_requests_total Requests answered, by route, method and status.\n\
+             # TYPE microservice2_requests_total counter"
+        );
+        for route in Route::ALL {
+            for method in MethodLabel::ALL {
+                let row = route as usize * METHODS + method as usize;
+                // Workers see statuses in different orders: add up by code.
+                let mut totals: Vec<(String, u64)> = Vec::new();
+                for worker in self.workers.iter() {
+                    let row = &worker.requests[row];
+                    let slots = row.codes.iter().zip(&row.counts);
+                    let seen = slots.filter_map(|(code, count)| {
+                        let code = code.load(Ordering::Acquire);
+                        (code != 0).then(|| (code.to_string(), load(count)))
+                    });
+                    for (code, count) in seen.chain([("other".to_owned(), load(&row.other))]) {
+                        match totals.iter_mut().find(|(c, _)| *c == code) {
+                            Some((_, total)) => *total += count,
+                            None => totals.push((code, count)),
+                        }
+                    }
+                }
+                totals.sort();
+                for (status, value) in totals.into_iter().filter(|(_, v)| *v > 0) {
+                    let _ = writeln!(
+                        out,
+                        "microservice2_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {value}",
+                        route.label(),
+                        method.label(),
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_request_duration_seconds Time from a request's head to its answer.\n\
+             # TYPE microservice2_request_duration_seconds histogram"
+        );
+        for route in Route::ALL {
+            let base = route as usize * (BUCKETS.len() + 1);
+            write_histogram(
+                &mut out,
+                "microservice2_request_duration_seconds",
+                &format!("route=\"{}\"", route.label()),
+                |bucket| self.sum(|w| load(&w.buckets[base + bucket])),
+                self.sum(|w| load(&w.duration_sum[route as usize])),
+            );
+        }
+        let accepted = self.sum(|w| load(&w.accepted));
+        let closed_by = |reason: CloseReason| self.sum(|w| load(&w.closed[reason as usize]));
+        let closed: u64 = CloseReason::ALL.into_iter().map(closed_by).sum();
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_inflight_requests Requests being answered now.\n\
+             # TYPE microservice2_inflight_requests gauge\n\
+             microservice2_inflight_requests {inflight}\n\
+             # HELP microservice2_connections_accepted_total Connections accepted.\n\
+             # TYPE microservice2_connections_accepted_total counter\n\
+             microservice2_connections_accepted_total {accepted}\n\
+             # HELP microservice2_connections_open Connections open now.\n\
+             # TYPE microservice2_connections_open gauge\n\
+             microservice2_connections_open {}\n\
+             # HELP microservice2_connections_closed_total Connections closed, by why they ended.\n\
+             # TYPE microservice2_connections_closed_total counter",
+            accepted.saturating_sub(closed)
+        );
+        for reason in CloseReason::ALL {
+            let _ = writeln!(
+                out,
+                "microservice2_connections_closed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                closed_by(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_faults_injected_total Socket faults injected, by kind.\n\
+             # TYPE microservice2_faults_injected_total counter"
+        );
+        for (index, fault) in Fault::ALL.iter().enumerate() {
+            let value = self.sum(|w| load(&w.faults[index]));
+            let _ = writeln!(
+                out,
+                "microservice2_faults_injected_total{{kind=\"{}\"}} {value}",
+                fault.name()
+            );
+        }
+        if !self.upstreams.is_empty() {
+            self.render_upstreams(&mut out);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_build_info The running build.\n\
+             # TYPE microservice2_build_info gauge\n\
+             microservice2_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        process::render(&mut out);
+        out
+    }
+
+    /// Gateway mode's metrics: upstream call durations and errors.
+    fn render_upstreams(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_upstream_request_duration_seconds Calls to upstreams (each attempt), by upstream and outcome.\n\
+             # TYPE microservice2_upstream_request_duration_seconds histogram"
+        );
+        for (index, url) in self.upstreams.iter().enumerate() {
+            for (outcome, label) in Outcome::LABELS.iter().enumerate() {
+                let series = index * OUTCOMES + outcome;
+                let base = series * (BUCKETS.len() + 1);
+                let count = |bucket| self.sum(|w| load(&w.upstream_buckets[base + bucket]));
+                // Outcomes never seen are left out: eight series per upstream would be noise.
+                if (0..=BUCKETS.len()).all(|bucket| count(bucket) == 0) {
+                    continue;
+                }
+                write_histogram(
+                    out,
+                    "microservice2_upstream_request_duration_seconds",
+                    &format!("upstream=\"{}\",outcome=\"{}\"", escape(url), label),
+                    count,
+                    self.sum(|w| load(&w.upstream_sum[series])),
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_upstream_errors_total Upstream calls that gave no usable answer, by kind.\n\
+             # TYPE microservice2_upstream_errors_total counter"
+        );
+        for (kind, label) in Outcome::ERROR_LABELS.iter().enumerate() {
+            let value = self.sum(|w| load(&w.upstream_errors[kind]));
+            let _ = writeln!(
+                out,
+                "microservice2_upstream_errors_total{{kind=\"{label}\"}} {value}"
+            );
+        }
+    }
+}
+
+/// Writes one histogram series: cumulative buckets, sum and count. `count(i)` is the number
+/// of observations in bucket `i` alone (the last, `BUCKETS.len()`, being +Inf).
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    count: impl Fn(usize) -> u64,
+    sum_nanos: u64,
+) {
+    let mut cumulative = 0;
+    for (index, bound) in BUCKETS.iter().enumerate() {
+        cumulative += count(index);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += count(BUCKETS.len());
+    let sum = sum_nanos as f64 / 1e9;
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n\
+         {name}_sum{{{labels}}} {sum}\n\
+         {name}_count{{{labels}}} {cumulative}"
+    );
+}
+
+/// A label value with `\\`, `"` and newlines escaped, as the exposition format wants.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ops::metrics::STATUSES;
+
+    #[test]
+    fn statuses_are_counted_by_code_and_overflow_into_other() {
+        let registry = Registry::new(2, Vec::new());
+        let (a, b) = (registry.worker(0), registry.worker(1));
+        let micro = Duration::from_micros(10);
+        a.request(Route::Avatar, MethodLabel::Get, 200, micro, 3);
+        b.request(Route::Avatar, MethodLabel::Get, 503, micro, 1);
+        b.request(Route::Avatar, MethodLabel::Get, 200, micro, 2);
+        for code in 400..400 + STATUSES as u16 + 2 {
+            a.request(Route::NotFound, MethodLabel::Other, code, micro, 1);
+        }
+        let text = registry.render(0);
+        assert!(text.contains(
+            "microservice2_requests_total{route=\"avatar\",method=\"GET\",status=\"200\"} 5\n"
+        ));
+        assert!(text.contains(
+            "microservice2_requests_total{route=\"avatar\",method=\"GET\",status=\"503\"} 1\n"
+        ));
+        assert!(text.contains(
+            "microservice2_requests_total{route=\"not_found\",method=\"other\",status=\"other\"} 2\n"
+        ));
+        assert!(text.contains(
+            "microservice2_request_duration_seconds_bucket{route=\"avatar\",le=\"0.00005\"} 6\n"
+        ));
+        assert!(
+            text.contains("microservice2_request_duration_seconds_count{route=\"avatar\"} 6\n")
+        );
+    }
+
+    #[test]
+    fn durations_land_in_the_first_bucket_that_holds_them() {
+        let registry = Registry::new(1, Vec::new());
+        let worker = registry.worker(0);
+        worker.request(
+            Route::Healthz,
+            MethodLabel::Get,
+            200,
+            Duration::from_millis(3),
+            1,
+        );
+        worker.request(
+            Route::Healthz,
+            MethodLabel::Get,
+            200,
+            Duration::from_secs(61),
+            1,
+        );
+        let text = registry.render(0);
+        let bucket = |le: &str| {
+            let key = format!(
+                "microservice2_request_duration_seconds_bucket{{route=\"healthz\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|line| line.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("0.0025"), "0");
+        assert_eq!(bucket("0.005"), "1");
+        assert_eq!(bucket("60"), "1");
+        assert_eq!(bucket("+Inf"), "2");
+    }
+}
