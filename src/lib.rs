@@ -1,19 +1,26 @@
 //! microservice2: the "microservice 2" of a service-to-service benchmark suite. `GET /v1/avatar`
-//! answers the seed's fixed JSON list of 20 avatars, byte for byte, as cheaply as possible.
+//! answers the seed's fixed JSON list of 20 avatars, byte for byte, as cheaply as possible;
+//! `microservice2 gateway` is the suite's "microservice 1", which calls it.
 //!
-//! - [`behaviour`]: the injection grammar, its sources and sampling (latency, errors, faults).
-//! - [`body`]: response bodies: whole, paced (`drip`, `rate`), truncated.
-//! - [`config`]: flags and environment variables, defaults, validation.
-//! - [`server`]: per-core runtimes, `SO_REUSEPORT` listeners, accept loop, graceful shutdown.
-//! - [`fast`]: the hot path: plain avatar GETs answered from pre-rendered bytes, else hyper.
-//! - [`gateway`]: gateway mode (the suite's microservice 1): calls the upstream per request.
-//! - [`client`]: the gateway's lean HTTP/1.1 keep-alive client (`--client lean`).
-//! - [`healthcheck`]: `microservice2 healthcheck [URL]`, for images without curl.
-//! - [`metrics`]: per-worker counters and histograms, merged into Prometheus text at scrape.
-//! - [`routes`]: (method, path) to response; the only place that knows the URL space.
-//! - [`avatar`]: the seed payload as a template, patched at most once per millisecond per worker.
-//! - [`time`]: clock reads and the timestamp formats (pure, unit-tested at fixed instants).
-//! - [`watched`]: the socket under hyper: the write timeout, and what it saw last.
+//! The map, from the top down. A module imports only from the modules below it (a test in
+//! `tests/it/structure.rs` holds this), so each can be read knowing only what is under it:
+//!
+//! - [`serve`]: per-core runtimes, `SO_REUSEPORT` listeners, the accept loop and graceful
+//!   shutdown; each connection on the fast path (`serve/fast.rs`, plain requests answered from
+//!   shared pre-rendered bytes) until a request needs hyper (`serve/connection.rs`).
+//! - [`routes`]: the URL space and dispatch: which requests the fast path may answer, and the
+//!   answer to every other (health, readiness, metrics, behaviour acted out, the gateway's
+//!   path).
+//! - [`ops`]: per-worker metrics and their Prometheus exposition, the process collector, and
+//!   `microservice2 healthcheck`.
+//! - [`gateway`]: upstream calls with a deadline, retries and fan-out, through hyper-util's
+//!   client or the lean one; one upstream error type.
+//! - [`config`]: the command line as parsed (flags, environment, defaults), then resolved into
+//!   the [`Config`] the server runs with.
+//! - [`avatar`]: the seed payload: the template, `count=N` lists and the per-millisecond cache.
+//! - [`behaviour`]: the behaviour grammar, its sampling into a plan, and paced or truncated
+//!   bodies.
+//! - [`time`]: clock reads, the timestamp formats and the duration grammar.
 
 pub mod avatar;
 pub mod behaviour;

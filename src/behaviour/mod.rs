@@ -3,13 +3,13 @@
 //!
 //! One grammar everywhere (`delay=…&status=…`), read from three sources merged key by key, the
 //! later winning: the server profile (`--behaviour`), the `x-m2-behaviour` request header, and
-//! the request's query string. Parsing ([`parse`]) and sampling ([`sample`]) are pure and
+//! the request's query string. Parsing ([`parse`]) and sampling (`sample.rs`) are pure and
 //! unit-tested; the server applies the outcome of a [`Plan`].
 
-pub mod body;
+pub(crate) mod body;
 pub mod parse;
 mod plan;
-pub mod sample;
+pub(crate) mod sample;
 mod values;
 
 pub use parse::{Controls, Limits};

@@ -1,13 +1,13 @@
-//! Configuration in two stages: the command line as parsed ([`cli`], and [`gateway`] for
+//! Configuration in two stages: the command line as parsed (`cli.rs`, and `gateway.rs` for
 //! gateway mode), then the resolved [`Config`] the server runs with, validated in full before
-//! it starts. Flags win over environment variables ([`env`], an input like any other), which
+//! it starts. Flags win over environment variables ([`env`](mod@env), an input like any other), which
 //! win over the defaults written in the flags' definitions. Every bad setting becomes a
 //! [`ConfigError`] whose one line names it.
 
-pub mod cli;
+pub(crate) mod cli;
 pub mod env;
-pub mod gateway;
-pub mod size;
+pub(crate) mod gateway;
+pub(crate) mod size;
 
 use std::ffi::OsString;
 use std::net::IpAddr;

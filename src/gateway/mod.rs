@@ -1,13 +1,13 @@
 //! Gateway mode: the suite's "microservice 1". Each request on the gateway's path becomes a
 //! call to the upstream (or to several at once) over a pooled keep-alive HTTP/1.1 client, one
 //! pool per worker, with a deadline, retries and answers that name what went wrong. The client
-//! is hyper-util's pooled one, or with `--client lean` the leaner one in [`crate::gateway::lean`].
+//! is hyper-util's pooled one, or with `--client lean` the leaner one in `gateway/lean.rs`.
 
 mod answer;
-pub mod error;
+pub(crate) mod error;
 mod forward;
 mod hyper_util;
-pub mod lean;
+pub(crate) mod lean;
 mod wire;
 
 use std::cell::RefCell;

@@ -1,6 +1,7 @@
-//! The URL space: which (method, path) gets which answer, and where behaviour injection comes
-//! in. This is the only module that knows the paths. [`Routes::respond`] answers at once when
-//! it can and returns a future only for requests with behaviour to act out.
+//! The URL space and dispatch: which (method, path) gets which answer. The fast path asks
+//! here which requests it may answer ([`Routes::classify`]); every other request comes
+//! through [`Routes::call`], which answers at once when it can and returns a future only for
+//! requests with behaviour to act out (`act.rs`) or an upstream to call (`gateway.rs`).
 
 mod act;
 mod admission;

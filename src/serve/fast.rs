@@ -1,16 +1,18 @@
 //! The fast path: a connection starts here, and every request of the one shape this service
-//! exists for — `GET` or `HEAD` of the avatar path, HTTP/1.1, no body, no connection
-//! management headers — is answered by writing the pre-rendered [`Snapshot`] bytes, which are
-//! exactly what hyper would write. The first request of any other shape, or anything this
-//! module is unsure of, hands the connection (with the bytes already read) to hyper for the
-//! rest of its life, so hyper keeps every protocol decision outside the hot path.
+//! exists for — `GET` or `HEAD` of the main path, HTTP/1.1, no body, no connection management
+//! headers, as [`Routes::classify`] says — is answered by writing bytes exactly as hyper would:
+//! the pre-rendered [`Snapshot`] in serve mode ([`Avatars`]), the upstream's answer in gateway
+//! mode ([`Calls`]). The first request of any other shape hands the connection (with the
+//! bytes already read) to hyper for the rest of its life, so hyper keeps every protocol
+//! decision outside the hot path. The connection's loop is a state type with named steps:
+//! took (a read), answer, flush (or write_stalled), record, settle (its deadlines), hand over.
 //!
 //! Why: under callgrind, hyper spends about 7,100 user-space instructions on one keep-alive
 //! avatar request (request parsing ~1,600, response encoding ~1,150, dispatch and flushing);
 //! this path spends a fraction of that (figures in bench/RESULTS.md).
 //!
 //! Held to hyper's standard: a connection's memory is bounded whatever a client sends (answers
-//! are written from the shared rendered bytes, at most [`MAX_PENDING`] at a time), a write that
+//! are written from the shared rendered bytes, at most 256 KiB at a time), a write that
 //! stops making progress ends the connection at the write timeout, each request head gets the
 //! whole header timeout from its first byte, and every deadline and duration is read from the
 //! monotonic clock. `tests/it/differential.rs` sends the same generated streams here and to

@@ -4,9 +4,9 @@
 //! shutdown: stop accepting, let in-flight responses finish, close keep-alive connections.
 
 mod connection;
-pub mod fast;
+pub(crate) mod fast;
 mod output;
-pub mod watched;
+pub(crate) mod watched;
 
 use std::future::Future;
 use std::io;

@@ -11,4 +11,5 @@ mod observability;
 mod packaging;
 mod protocol;
 mod reliability;
+mod structure;
 mod support;
