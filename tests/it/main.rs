@@ -4,6 +4,7 @@ mod behaviour;
 mod cli;
 mod contract;
 mod differential;
+mod docs;
 mod fuzz;
 mod gateway;
 mod hardening;
