@@ -202,6 +202,11 @@ impl Gateway {
                 return result;
             }
             tokio::time::sleep(pause).await;
+            // A busy worker can wake past the deadline: no try starts then (it would time
+            // out at once), and the last answer stands.
+            if Instant::now() >= deadline {
+                return result;
+            }
             attempt += 1;
         }
     }

@@ -4,7 +4,7 @@
 use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
-use crate::support::{TestServer, config, spawn};
+use crate::support::{READ_TIMEOUT, TestServer, config, spawn};
 
 const DELAYED_1S: &[u8] =
     b"GET /v1/avatar?delay=1s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
@@ -258,7 +258,9 @@ fn max_inflight_sheds_load_with_503_and_retry_after() {
             client
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    crate::support::wait_until("both slow requests are in flight", READ_TIMEOUT, || {
+        server.scraped("microservice2_inflight_requests", &[]) == 2.0
+    });
     let start = Instant::now();
     let shed = server.get("/v1/avatar");
     assert_eq!(shed.status, 503);
@@ -392,7 +394,11 @@ fn a_count_body_is_shared_not_copied_per_request() {
     let mut first = crate::support::Client::connect(server.addr);
     first.send(b"GET /v1/avatar?count=10000 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(first.read_response(false).status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    // Its answer is not only read but done with: recorded, after its last byte was written.
+    let answered = [("route", "avatar"), ("status", "200")];
+    crate::support::wait_until("the first answer is recorded", READ_TIMEOUT, || {
+        server.metric("microservice2_requests_total", &answered) == 1.0
+    });
     let (before, _) = server.memory_kib();
     let runtime = crate::support::client_runtime();
     let held = runtime.block_on(async {

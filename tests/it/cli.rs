@@ -3,7 +3,10 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::support::{ChildServer, Client, binary};
+use crate::support::{ChildServer, Client, binary, read_by_peer, refuses_connections, wait_until};
+
+/// How long a test waits for the server to reach a state before it fails.
+const LIMIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn listening_line_shows_the_real_port_and_the_port_answers() {
@@ -101,8 +104,17 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let mut client = Client::connect(server.addr);
     // The request has started arriving when the signal lands; the rest comes after it.
     client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: test\r\n");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(
+        "the server has read the start of the request",
+        LIMIT,
+        || read_by_peer(client.stream()),
+    );
     server.signal("TERM");
+    wait_until("the listener closes on TERM", LIMIT, || {
+        refuses_connections(server.addr)
+    });
+    // Draining has begun. Not a wait for a state: the request must keep the process alive
+    // however long it takes, so it is left unfinished a while before the check.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(server.wait_exit(Duration::ZERO), None, "exited mid-request");
     client.send(b"\r\n");
@@ -141,7 +153,11 @@ fn shutdown_timeout_bounds_a_request_that_never_completes() {
         .stream()
         .write_all(b"GET /v1/avatar HTTP/1.1\r\nHost: test\r\n")
         .expect("write");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until(
+        "the server has read the start of the request",
+        LIMIT,
+        || read_by_peer(client.stream()),
+    );
     let start = Instant::now();
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
@@ -156,16 +172,25 @@ fn shutdown_timeout_bounds_a_request_that_never_completes() {
 fn sigterm_waits_for_a_delayed_request_in_flight() {
     let mut server = ChildServer::start(&["--shutdown-timeout", "5s"]);
     let mut client = Client::connect(server.addr);
+    let sent = Instant::now();
     client.send(b"GET /v1/avatar?delay=600ms HTTP/1.1\r\nHost: test\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(150));
-    let start = Instant::now();
+    wait_until("the delayed request is in flight", LIMIT, || {
+        server.metric("microservice2_inflight_requests", &[]) == 1.0
+    });
     server.signal("TERM");
     let response = client.read_response(false);
     assert_eq!(response.status, 200);
     assert_eq!(response.body.len(), 3696);
+    // Only a request that was in flight when shutdown began is answered `connection: close`.
+    assert_eq!(
+        response.header("connection"),
+        Some("close"),
+        "the signal landed during the delay"
+    );
     assert!(
-        start.elapsed() >= Duration::from_millis(300),
-        "it waited for the delay"
+        sent.elapsed() >= Duration::from_millis(600),
+        "it waited for the whole delay: {:?}",
+        sent.elapsed()
     );
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
 }
@@ -175,8 +200,15 @@ fn a_second_signal_exits_at_once_without_draining() {
     let mut server = ChildServer::start(&["--shutdown-timeout", "30s"]);
     let mut client = Client::connect(server.addr);
     client.send(b"GET /v1/avatar?delay=20s HTTP/1.1\r\nHost: test\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(150));
+    wait_until("the delayed request is in flight", LIMIT, || {
+        server.metric("microservice2_inflight_requests", &[]) == 1.0
+    });
     server.signal("TERM");
+    wait_until("the listener closes on TERM", LIMIT, || {
+        refuses_connections(server.addr)
+    });
+    // Draining has begun. Not a wait for a state: one signal must not end the drain, so the
+    // process is given a while to (wrongly) exit before the check.
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(
         server.wait_exit(Duration::ZERO),

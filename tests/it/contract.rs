@@ -4,7 +4,7 @@ use microservice2::Config;
 use microservice2::avatar::{CREATED_AT_OFFSET, TEMPLATE};
 use microservice2::time::DateHeader;
 
-use crate::support::{RawResponse, now_nanos, parse_imf, parse_iso, spawn, spawn_default};
+use crate::support::{RawResponse, masked, now_nanos, parse_imf, parse_iso, spawn, spawn_default};
 
 /// The seed document's body, read from the seed itself when it sits beside the repository
 /// (as in CI), otherwise the copy compiled into the server.
@@ -25,12 +25,6 @@ fn seed_body() -> Vec<u8> {
 }
 
 const CREATED_AT_LEN: usize = 24;
-
-fn masked(body: &[u8]) -> Vec<u8> {
-    let mut body = body.to_vec();
-    body[CREATED_AT_OFFSET..CREATED_AT_OFFSET + CREATED_AT_LEN].fill(b'#');
-    body
-}
 
 fn created_at(response: &RawResponse) -> &str {
     std::str::from_utf8(&response.body[CREATED_AT_OFFSET..CREATED_AT_OFFSET + CREATED_AT_LEN])

@@ -8,18 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use microservice2::avatar::CREATED_AT_OFFSET;
 use prometheus_parse::Value;
 
 use crate::observability::{scrape, value};
-use crate::support::{ChildServer, Client, RawResponse, TestServer, binary, config, spawn};
+use crate::support::{
+    ChildServer, Client, RawResponse, TestServer, binary, config, masked, masked_response, spawn,
+};
 
-/// `createdAt` is patched with the current millisecond: compare bodies without it.
-fn masked(body: &[u8]) -> Vec<u8> {
-    let mut body = body.to_vec();
-    body[CREATED_AT_OFFSET..CREATED_AT_OFFSET + 24].fill(b'#');
-    body
-}
+/// How long a test waits for a state (an upstream's close or write reaching the gateway).
+const WAIT: Duration = Duration::from_secs(5);
 
 /// Tests of what does not depend on the HTTP client run with the default one.
 const DEFAULT_CLIENT: &str = "hyper-util";
@@ -89,17 +86,27 @@ fn metric(server: &TestServer, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(&scrape(&mut server.connect()), name, labels)
 }
 
-/// The upstream's count of accepted connections and of GETs answered on `route`.
-fn upstream_counts(upstream: &TestServer, route: &str) -> (f64, f64) {
-    let scrape = scrape(&mut upstream.connect());
-    (
-        value(&scrape, "microservice2_connections_accepted_total", &[]),
-        value(
-            &scrape,
+/// The upstream's count of accepted connections, scraped now (this scrape's included).
+fn upstream_connections(upstream: &TestServer) -> f64 {
+    metric(upstream, "microservice2_connections_accepted_total", &[])
+}
+
+/// Asserts that `upstream` answered exactly `expected` GETs on `route`. An upstream records
+/// an answer just after writing it, so the gateway may have passed it on before: the count
+/// is awaited up to `expected`, then must be exactly that.
+fn assert_upstream_answered(upstream: &TestServer, route: &str, expected: f64) {
+    let answered = || {
+        upstream.metric(
             "microservice2_requests_total",
             &[("route", route), ("method", "GET")],
-        ),
-    )
+        )
+    };
+    crate::support::wait_until(
+        &format!("the upstream records {expected} answers on {route}"),
+        WAIT,
+        || answered() >= expected,
+    );
+    assert_eq!(answered(), expected, "answers the upstream recorded");
 }
 
 fn the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers(client: &str) {
@@ -161,7 +168,7 @@ fn the_suites_environment_variables_name_the_gateway_and_its_upstream(client: &s
     let response = client.read_response(false);
     assert_eq!(response.status, 200);
     assert_eq!(response.body.len(), 3696);
-    assert_eq!(upstream_counts(&upstream, "avatar").1, 1.0);
+    assert_upstream_answered(&upstream, "avatar", 1.0);
 }
 
 fn a_refused_connection_is_a_502_naming_the_cause_within_100_ms(client: &str) {
@@ -339,8 +346,8 @@ fn keep_alive_connections_to_the_upstream_are_reused(client: &str) {
     for client in clients {
         client.join().expect("client thread");
     }
-    let (connections, requests) = upstream_counts(&upstream, "avatar");
-    assert_eq!(requests, 400.0);
+    assert_upstream_answered(&upstream, "avatar", 400.0);
+    let connections = upstream_connections(&upstream);
     // At most one per concurrent caller and worker, plus this scrape's.
     assert!(
         connections <= 9.0,
@@ -445,7 +452,7 @@ fn the_gateways_own_behaviour_is_acted_out_before_the_upstream_call() {
         &["--behaviour", "status=503"],
     );
     assert_eq!(failing.get("/v1/user").status, 503);
-    assert_eq!(upstream_counts(&upstream, "avatar").1, 0.0);
+    assert_upstream_answered(&upstream, "avatar", 0.0);
 
     let slow = gateway(
         client,
@@ -455,7 +462,7 @@ fn the_gateways_own_behaviour_is_acted_out_before_the_upstream_call() {
     let start = Instant::now();
     assert_eq!(slow.get("/v1/user").status, 200);
     assert!(start.elapsed() >= Duration::from_millis(200));
-    assert_eq!(upstream_counts(&upstream, "avatar").1, 1.0);
+    assert_upstream_answered(&upstream, "avatar", 1.0);
 }
 
 /// What a fake upstream does with a connection once it has answered.
@@ -486,6 +493,7 @@ fn scripted_upstream(reply: &'static [u8], then: Then) -> (SocketAddr, Arc<Atomi
                 let _ = stream.set_nodelay(true);
                 for piece in reply.chunks(3) {
                     let _ = stream.write_all(piece);
+                    // The trickle itself: a pause so that each piece arrives on its own.
                     std::thread::sleep(Duration::from_millis(1));
                 }
             } else {
@@ -545,8 +553,13 @@ fn a_connection_the_upstream_closed_while_idle_is_replaced_unseen(client: &str) 
             (response.status, response.body_text()),
             (200, "ok".to_owned())
         );
-        // The close reaches the gateway while the connection sits idle.
-        std::thread::sleep(Duration::from_millis(50));
+        // The close reaches the gateway while the connection sits idle: its end of every
+        // connection to the upstream has seen the FIN (or is gone).
+        crate::support::wait_until("the upstream's close reaches the gateway", WAIT, || {
+            !crate::support::tcp_sockets().iter().any(|socket| {
+                socket.remote == addr && socket.state == crate::support::TCP_ESTABLISHED
+            })
+        });
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
@@ -582,8 +595,7 @@ fn a_connection_closed_after_the_request_is_an_error_not_a_silent_retry(client: 
         f64::from(failed),
         "closed connections not passed on"
     );
-    let (_, answered) = upstream_counts(&upstream, "avatar");
-    assert_eq!(answered, f64::from(200 - failed));
+    assert_upstream_answered(&upstream, "avatar", f64::from(200 - failed));
 }
 
 fn an_answer_saying_connection_close_is_not_reused(client: &str) {
@@ -642,6 +654,11 @@ fn health_readiness_and_metrics_are_served_in_gateway_mode(client: &str) {
     for _ in 0..5 {
         assert_eq!(gateway.get("/v1/user").status, 200);
     }
+    // A request is counted just after its answer is written: the last may not be yet.
+    let answered = [("route", "gateway"), ("method", "GET"), ("status", "200")];
+    crate::support::wait_until("the gateway records its 5 answers", WAIT, || {
+        gateway.metric("microservice2_requests_total", &answered) >= 5.0
+    });
     let scrape = scrape(&mut gateway.connect());
     assert_eq!(
         value(
@@ -696,6 +713,7 @@ fn a_busy_caller_connection_outlives_the_idle_timeout() {
             200,
             "a busy connection stays open"
         );
+        // The caller's pace (the 100 ms idle above), not a wait for the gateway.
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -713,7 +731,8 @@ fn the_header_timeout_of_a_pipelined_head_starts_after_the_calls_before_it() {
     // the first before it waits for the rest of the second.
     caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/user HTTP/1.1\r\n");
     assert_eq!(caller.read_response(false).status, 200);
-    // 500 ms after the head began, 200 ms after the gateway was free to wait for it.
+    // 500 ms after the head began, 200 ms after the gateway was free to wait for it: the
+    // length of this pause is what the test is about, not a wait for a state.
     std::thread::sleep(Duration::from_millis(200));
     caller.send(b"Host: t\r\n\r\n");
     assert_eq!(
@@ -741,17 +760,11 @@ fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
     ] {
         let fast = gateway.request(fast);
         let hyper = gateway.request(hyper);
-        assert_eq!(fast.status, hyper.status);
-        let names = |r: &RawResponse| r.headers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&fast), names(&hyper));
-        for ((name, fast_value), (_, hyper_value)) in fast.headers.iter().zip(&hyper.headers) {
-            if name != "date" {
-                assert_eq!(fast_value, hyper_value, "{name}");
-            }
-        }
-        if !fast.body.is_empty() {
-            assert_eq!(masked(&fast.body), masked(&hyper.body));
-        }
+        // Status, headers in order and body, the date and the first `createdAt` masked.
+        assert_eq!(
+            String::from_utf8_lossy(&masked_response(&fast)),
+            String::from_utf8_lossy(&masked_response(&hyper))
+        );
     }
     // Statuses other than 200 too: a missing upstream path passes its 404 through both ways.
     let missing = self::gateway(client, &[url(&upstream, "/nothing")], &[]);
@@ -762,15 +775,19 @@ fn the_gateways_fast_path_and_hyper_answer_the_same_bytes() {
 }
 
 /// An upstream that answers each request on a connection with `GOOD`, then, 30 ms later,
-/// writes a second, unsolicited answer (`EVIL`) on the idle connection.
-fn unsolicited_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// writes a second, unsolicited answer (`EVIL`) on the idle connection. Counts the
+/// connections it accepted and the unsolicited answers it has written (or tried to).
+fn unsolicited_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     let accepted = Arc::new(AtomicUsize::new(0));
+    let unsolicited = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&accepted);
+    let written = Arc::clone(&unsolicited);
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             counter.fetch_add(1, Ordering::SeqCst);
+            let written = Arc::clone(&written);
             std::thread::spawn(move || {
                 let mut buf = [0u8; 1024];
                 while matches!(stream.read(&mut buf), Ok(n) if n > 0) {
@@ -779,26 +796,34 @@ fn unsolicited_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                     if stream.write_all(good).is_err() {
                         return;
                     }
+                    // The script: the unsolicited answer comes once the good one is taken.
                     std::thread::sleep(Duration::from_millis(30));
                     let _ = stream.write_all(evil);
+                    written.fetch_add(1, Ordering::SeqCst);
                 }
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, unsolicited)
 }
 
 fn an_answer_nobody_asked_for_is_never_handed_to_a_caller(client: &str) {
-    let (addr, accepted) = unsolicited_upstream();
+    let (addr, accepted, unsolicited) = unsolicited_upstream();
     let gateway = gateway(client, &[format!("http://{addr}/")], &["--workers", "1"]);
     let mut caller = gateway.connect();
     let mut bodies = Vec::new();
-    for _ in 0..5 {
+    for call in 1..=5 {
         caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
         let response = caller.read_response(false);
         bodies.push(format!("{} {}", response.status, response.body_text()));
-        // The unsolicited answer reaches the idle pooled connection before the next call.
-        std::thread::sleep(Duration::from_millis(100));
+        // The unsolicited answer reaches the idle pooled connection before the next call:
+        // written, and nothing the upstream wrote is still on its way.
+        crate::support::wait_until("the unsolicited answer reaches the gateway", WAIT, || {
+            unsolicited.load(Ordering::SeqCst) >= call
+                && crate::support::tcp_sockets()
+                    .iter()
+                    .all(|socket| socket.local != addr || socket.unacked == 0)
+        });
     }
     assert_eq!(bodies, vec!["200 GOOD"; 5]);
     // Each connection that carried bytes nobody asked for was dropped, never reused.

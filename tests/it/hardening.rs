@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::{Client, TestServer, config, spawn};
+use crate::support::{Client, READ_TIMEOUT, TestServer, config, spawn};
 
 const GET: &[u8] = b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n";
 
@@ -39,6 +39,7 @@ fn a_trickled_request_head_is_cut_off_at_the_header_timeout() {
             {
                 break;
             }
+            // The slowloris itself: one byte every 20 ms, not a wait for the server.
             std::thread::sleep(Duration::from_millis(20));
         }
         let elapsed = start.elapsed();
@@ -76,6 +77,8 @@ fn idle_keep_alive_connections_close_at_the_idle_timeout_and_busy_ones_stay() {
             200,
             "a busy connection stays open"
         );
+        // The pace of a busy client (a request every 100 ms, well inside the 400 ms idle
+        // timeout), not a wait for the server.
         std::thread::sleep(Duration::from_millis(100));
     }
     let waited = closed_within(&mut idle, Duration::from_secs(2));
@@ -134,8 +137,15 @@ fn an_open_keep_alive_connection_costs_the_server_under_3_kb_of_memory() {
         assert_eq!(client.read_response(false).status, 200);
     };
     // The worker's own state (read buffer, rendered response) is made on first use.
-    served(&mut Client::connect(server.addr));
-    std::thread::sleep(Duration::from_millis(50));
+    let mut first = Client::connect(server.addr);
+    served(&mut first);
+    let first_end = first.stream().local_addr().expect("local address");
+    drop(first);
+    crate::support::wait_until(
+        "the server closes the first connection",
+        READ_TIMEOUT,
+        || crate::support::closed_by_server(server.addr, first_end),
+    );
     let before = resident_kib();
     const CONNECTIONS: u64 = 1000;
     let mut open = Vec::new();
@@ -144,7 +154,14 @@ fn an_open_keep_alive_connection_costs_the_server_under_3_kb_of_memory() {
         served(&mut client);
         open.push(client);
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Every answer recorded: the server is done with each request, not only its last byte.
+    // The scraper is one more connection served and left open, like the others.
+    let mut scraper = Client::connect(server.addr);
+    let answered = [("route", "avatar"), ("status", "200")];
+    crate::support::wait_until("every answer is recorded", READ_TIMEOUT, || {
+        crate::support::scrape_on(&mut scraper, "microservice2_requests_total", &answered)
+            == (CONNECTIONS + 1) as f64
+    });
     let per_connection = resident_kib().saturating_sub(before) * 1024 / CONNECTIONS;
     assert!(
         per_connection < 3000,
@@ -396,19 +413,38 @@ fn shutdown_under_load_finishes_every_request_in_flight() {
                         Ok(n) if n > 0 => answered += 1,
                         _ => return answered,
                     }
+                    // The bystanders' pace (a request every 5 ms each), not a wait.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             });
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        server.signal("TERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let ready = crate::support::exchange(
-            addr,
-            b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        crate::support::wait_until_async(
+            "the 100 delayed requests are in flight",
+            READ_TIMEOUT,
+            || async {
+                crate::support::scraped_at(addr, "microservice2_inflight_requests", &[]).await
+                    >= 100.0
+            },
         )
-        .await
-        .expect("still accepting during the shutdown delay");
+        .await;
+        server.signal("TERM");
+        // Readiness turns 503 when the signal is taken, and the listener stays open for the
+        // 300 ms shutdown delay: asked until it says 503, it must say so before it closes.
+        let asked = Instant::now();
+        let ready = loop {
+            assert!(asked.elapsed() < READ_TIMEOUT, "readiness never left 200");
+            let ready = crate::support::exchange(
+                addr,
+                b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("still accepting during the shutdown delay");
+            if !ready.starts_with(b"HTTP/1.1 200 ") {
+                break ready;
+            }
+            // Polling: the signal may not have been taken yet.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let mut results = Vec::new();
         while let Some(done) = delayed.join_next().await {
             results.push(done.expect("task").expect("a delayed request"));
@@ -451,7 +487,14 @@ fn connections_past_the_limit_are_closed_at_once_and_room_comes_back() {
     let waited = closed_within(&mut extra, Duration::from_secs(2));
     assert!(waited < Duration::from_millis(200), "{waited:?}");
     open.pop();
-    std::thread::sleep(Duration::from_millis(100));
+    // The slot is free once the server has seen that client close (counted, then freed, in
+    // one step on the worker that will accept the next connection).
+    crate::support::wait_until("the server sees a client close", READ_TIMEOUT, || {
+        server.metric(
+            "microservice2_connections_closed_total",
+            &[("reason", "client")],
+        ) >= 1.0
+    });
     let mut again = server.connect();
     again.send(GET);
     assert_eq!(again.read_response(false).status, 200);
@@ -464,12 +507,16 @@ fn out_of_file_descriptors_the_accept_loop_backs_off_quietly_and_recovers() {
         256,
         &["--max-connections", "100000"],
     );
+    let logs = server.tail_logs();
     let clients: Vec<std::net::TcpStream> = (0..600)
         .filter_map(|_| std::net::TcpStream::connect(server.addr).ok())
         .collect();
     assert!(clients.len() > 300, "{} connections made", clients.len());
-    std::thread::sleep(Duration::from_millis(300));
+    crate::support::wait_until("accept runs out of descriptors", READ_TIMEOUT, || {
+        logs.contains("accept failed")
+    });
     let cpu_before = server.cpu_seconds();
+    // Not a wait for a state: the CPU the server spends over these 2 s is what is measured.
     std::thread::sleep(Duration::from_secs(2));
     let cpu = server.cpu_seconds() - cpu_before;
     assert!(
@@ -477,23 +524,22 @@ fn out_of_file_descriptors_the_accept_loop_backs_off_quietly_and_recovers() {
         "{cpu} CPU seconds in 2 s while out of descriptors"
     );
     drop(clients);
-    let start = Instant::now();
-    loop {
-        let mut client = Client::connect(server.addr);
-        client.send(GET);
-        if let Some(response) = client.try_read_response(false) {
-            assert_eq!(response.status, 200);
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "serving again once fds free up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::support::wait_until(
+        "serving again once fds free up",
+        Duration::from_secs(3),
+        || {
+            let mut client = Client::connect(server.addr);
+            client.send(GET);
+            let response = client.try_read_response(false);
+            if let Some(response) = &response {
+                assert_eq!(response.status, 200);
+            }
+            response.is_some()
+        },
+    );
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
-    let logs = server.logs();
+    let logs = logs.finish();
     let warnings = logs.lines().filter(|l| l.contains("accept failed")).count();
     // At most one a second while it lasted (about 2.5 s here), never one per attempt.
     assert!((1..=4).contains(&warnings), "{warnings} warnings:\n{logs}");

@@ -111,6 +111,12 @@ impl TestServer {
         sample(&self.metrics.render(0), name, labels)
     }
 
+    /// One metric sample as `GET /metrics` answers it now, over a connection of its own:
+    /// unlike [`TestServer::metric`], it includes the gauge of requests in flight.
+    pub fn scraped(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sample(&self.get("/metrics").body_text(), name, labels)
+    }
+
     /// Stops the server (as [`TestServer::stop`]) and returns its final metrics text.
     pub fn stop_and_render(mut self) -> String {
         self.shutdown();
@@ -278,6 +284,117 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// [`wait_until`] for async tests on a current-thread runtime: between looks it yields to
+/// the runtime's other tasks instead of blocking them.
+pub async fn wait_until_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One metric sample as the `/metrics` at `addr` answers it now, for async tests.
+pub async fn scraped_at(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let answer = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("scrape /metrics");
+    let answer = String::from_utf8_lossy(&answer);
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head, then a body");
+    sample(body, name, labels)
+}
+
+/// TCP state `ESTABLISHED`, as `/proc/net/tcp` writes it.
+pub const TCP_ESTABLISHED: u8 = 0x01;
+
+/// One IPv4 TCP socket of this network namespace, as `/proc/net/tcp` shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u8,
+    /// Bytes written and not yet acknowledged by the peer (`tx_queue`).
+    pub unacked: u64,
+    /// Bytes received and not yet read by the socket's owner (`rx_queue`).
+    pub unread: u64,
+}
+
+/// Every IPv4 TCP socket of this network namespace, every process's (the tests' servers and
+/// clients all use 127.0.0.1).
+pub fn tcp_sockets() -> Vec<TcpSocket> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let address = |text: &str| {
+        let (ip, port) = text.split_once(':').expect("ADDRESS:PORT");
+        // The address is the network-order word printed as a native integer.
+        let ip = u32::from_str_radix(ip, 16)
+            .expect("hex address")
+            .to_ne_bytes();
+        let port = u16::from_str_radix(port, 16).expect("hex port");
+        SocketAddr::from((ip, port))
+    };
+    table
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (unacked, unread) = fields[4].split_once(':').expect("TX:RX");
+            TcpSocket {
+                local: address(fields[1]),
+                remote: address(fields[2]),
+                state: u8::from_str_radix(fields[3], 16).expect("hex state"),
+                unacked: u64::from_str_radix(unacked, 16).expect("hex tx_queue"),
+                unread: u64::from_str_radix(unread, 16).expect("hex rx_queue"),
+            }
+        })
+        .collect()
+}
+
+/// Whether the peer of `stream` has taken everything written to it: nothing waits here
+/// unacknowledged and nothing sits unread at the other end, so a server has accepted the
+/// connection and read the bytes (a connection still in the accept queue holds them unread).
+pub fn read_by_peer(stream: &TcpStream) -> bool {
+    let here = stream.local_addr().expect("local address");
+    let there = stream.peer_addr().expect("peer address");
+    let sockets = tcp_sockets();
+    let ours = sockets
+        .iter()
+        .find(|s| s.local == here && s.remote == there);
+    let theirs = sockets
+        .iter()
+        .find(|s| s.local == there && s.remote == here);
+    matches!((ours, theirs), (Some(ours), Some(theirs)) if ours.unacked == 0 && theirs.unread == 0)
+}
+
+/// Whether the server at `server` has closed its end of the connection from `client` (a
+/// client's local address): its socket is gone from the table.
+pub fn closed_by_server(server: SocketAddr, client: SocketAddr) -> bool {
+    !tcp_sockets()
+        .iter()
+        .any(|socket| socket.local == server && socket.remote == client)
+}
+
+/// One metric sample scraped over `client`'s keep-alive connection: polled this way, the
+/// scrape opens and closes no connection of its own.
+pub fn scrape_on(client: &mut Client, name: &str, labels: &[(&str, &str)]) -> f64 {
+    client.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    sample(&client.read_response(false).body_text(), name, labels)
+}
+
+/// Whether a new connection to `addr` is refused: the listener has closed.
+pub fn refuses_connections(addr: SocketAddr) -> bool {
+    TcpStream::connect(addr).is_err()
+}
+
 /// The built binary, started with `args` and no `M1_*`/`M2_*` variables inherited.
 pub fn binary(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_microservice2"));
@@ -401,9 +518,7 @@ impl ChildServer {
 
     /// One metric sample, scraped now over a connection of its own.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut client = Client::connect(self.addr);
-        client.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-        sample(&client.read_response(false).body_text(), name, labels)
+        scrape_on(&mut Client::connect(self.addr), name, labels)
     }
 
     /// utime + stime of the process so far, in seconds.
@@ -431,15 +546,58 @@ impl ChildServer {
     }
 
     /// Waits up to `limit` for the process to exit and returns its exit code.
+    /// Looks at least once, so `wait_exit(Duration::ZERO)` says whether it has exited now.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
+        loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
             }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        None
+    }
+
+    /// Reads the piped stderr on a thread of its own from now on, so that a test can wait
+    /// for a line while the process runs (instead of [`ChildServer::logs`] after it exits).
+    pub fn tail_logs(&mut self) -> LogTail {
+        let stderr = self.child.stderr.take().expect("stderr piped");
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&text);
+        let reader = std::thread::spawn(move || {
+            let mut stderr = BufReader::new(stderr);
+            let mut line = String::new();
+            while stderr.read_line(&mut line).is_ok_and(|read| read > 0) {
+                sink.lock().expect("log text").push_str(&line);
+                line.clear();
+            }
+        });
+        LogTail {
+            text,
+            reader: Some(reader),
+        }
+    }
+}
+
+/// What a child server has written to stderr so far (see [`ChildServer::tail_logs`]).
+pub struct LogTail {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl LogTail {
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text.lock().expect("log text").contains(needle)
+    }
+
+    /// Everything the process wrote; call after it has exited (waits for stderr to close).
+    pub fn finish(mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the log reader");
+        }
+        std::mem::take(&mut *self.text.lock().expect("log text"))
     }
 }
 
@@ -573,6 +731,19 @@ pub fn masked(bytes: &[u8]) -> Vec<u8> {
         at = end;
     }
     out
+}
+
+/// A response read off the wire as wire text again (status code, headers in order, body),
+/// through [`masked`]: for comparing two answers whole, dates and `createdAt` aside.
+pub fn masked_response(response: &RawResponse) -> Vec<u8> {
+    let mut wire = format!("HTTP/1.1 {}\r\n", response.status);
+    for (name, value) in &response.headers {
+        wire.push_str(&format!("{name}: {value}\r\n"));
+    }
+    wire.push_str("\r\n");
+    let mut wire = wire.into_bytes();
+    wire.extend_from_slice(&response.body);
+    masked(&wire)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
