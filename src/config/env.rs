@@ -1,9 +1,8 @@
 //! The environment as an input. Clap reads a flag's variable from the process when its
 //! command is built; here the command's variables are read from an [`Env`] instead, so a test
-//! hands in a map and the process environment never reaches it by accident. A variable sets
+//! hands in a list of pairs (or none) and the process environment never reaches it by accident. A variable sets
 //! its flag only when the command line does not (flags win over the environment).
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 
 use clap::parser::ValueSource;
@@ -21,12 +20,6 @@ pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<OsString> {
         std::env::var_os(name)
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<OsString> {
-        self.get(name).map(OsString::from)
     }
 }
 

@@ -15,6 +15,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,27 +38,33 @@ enum Ending {
 
 /// Writes `bytes` in pieces cut at `cuts`, a moment apart so that the server reads them
 /// separately; reads until the server ends the connection.
+/// The pieces `0..len` is cut into at `cuts` (each an index into it), in order, none empty.
+fn pieces(len: usize, cuts: &[Index]) -> Vec<Range<usize>> {
+    let mut points: Vec<usize> = cuts.iter().map(|cut| cut.index(len.max(1))).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut from = 0;
+    let mut pieces = Vec::with_capacity(points.len() + 1);
+    for point in points.into_iter().chain([len]) {
+        if point > from {
+            pieces.push(from..point);
+            from = point;
+        }
+    }
+    pieces
+}
+
 fn exchange(addr: SocketAddr, bytes: &[u8], cuts: &[Index]) -> (Vec<u8>, Ending) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     stream
         .set_read_timeout(Some(READ_TIMEOUT))
         .expect("timeout");
-    let mut points: Vec<usize> = cuts
-        .iter()
-        .map(|cut| cut.index(bytes.len().max(1)))
-        .collect();
-    points.sort_unstable();
-    points.dedup();
-    let mut from = 0;
-    for point in points.into_iter().chain([bytes.len()]) {
-        if point > from {
-            if stream.write_all(&bytes[from..point]).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-            from = point;
+    for piece in pieces(bytes.len(), cuts) {
+        if stream.write_all(&bytes[piece]).is_err() {
+            break;
         }
+        std::thread::sleep(Duration::from_millis(2));
     }
     let mut answers = Vec::new();
     let mut buf = [0u8; 16 * 1024];
@@ -192,10 +199,7 @@ thread_local! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::support::fuzz_config())]
 
     #[test]
     fn fuzz_differential_fast_path_answers_as_hyper_does(
@@ -363,26 +367,16 @@ fn answer_bytes(
         }
         "chunked" => {
             head.push_str("transfer-encoding: chunked\r\n");
-            let mut points: Vec<usize> = chunk_cuts
-                .iter()
-                .map(|c| c.index(body.len().max(1)))
-                .collect();
-            points.sort_unstable();
-            points.dedup();
-            let mut from = 0;
-            for point in points.into_iter().chain([body.len()]) {
-                if point > from {
-                    let size = if damage == "bad-chunk-size" {
-                        "zz".to_owned()
-                    } else {
-                        format!("{:x}", point - from)
-                    };
-                    let ext = if from == 0 { ";name=value" } else { "" };
-                    framed.push_str(&format!("{size}{ext}\r\n{}", &body[from..point]));
-                    if damage != "no-chunk-crlf" {
-                        framed.push_str("\r\n");
-                    }
-                    from = point;
+            for piece in pieces(body.len(), chunk_cuts) {
+                let size = if damage == "bad-chunk-size" {
+                    "zz".to_owned()
+                } else {
+                    format!("{:x}", piece.len())
+                };
+                let ext = if piece.start == 0 { ";name=value" } else { "" };
+                framed.push_str(&format!("{size}{ext}\r\n{}", &body[piece]));
+                if damage != "no-chunk-crlf" {
+                    framed.push_str("\r\n");
                 }
             }
             framed.push_str("0\r\ntrailer: t\r\n\r\n");
@@ -425,20 +419,9 @@ fn scripted_upstream(current: Arc<Mutex<Answer>>) -> SocketAddr {
                     _ => break,
                 }
             }
-            let mut points: Vec<usize> = answer
-                .cuts
-                .iter()
-                .map(|cut| cut.index(answer.bytes.len().max(1)))
-                .collect();
-            points.sort_unstable();
-            points.dedup();
-            let mut from = 0;
-            for point in points.into_iter().chain([answer.bytes.len()]) {
-                if point > from {
-                    let _ = stream.write_all(&answer.bytes[from..point]);
-                    std::thread::sleep(Duration::from_millis(1));
-                    from = point;
-                }
+            for piece in pieces(answer.bytes.len(), &answer.cuts) {
+                let _ = stream.write_all(&answer.bytes[piece]);
+                std::thread::sleep(Duration::from_millis(1));
             }
             let _ = stream.shutdown(Shutdown::Write);
             // Read what the client may still send, so the close is a FIN, not a reset.
@@ -488,10 +471,7 @@ thread_local! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::support::fuzz_config())]
 
     #[test]
     fn fuzz_differential_lean_client_reads_answers_as_hyper_util_does(answer in upstream_answer()) {

@@ -312,10 +312,7 @@ fn check(asked: &Asked<'_>, answer: Answer) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::support::fuzz_config())]
 
     #[test]
     fn fuzz_live_server_survives_raw_bytes(bytes in request_bytes()) {

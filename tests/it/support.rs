@@ -271,6 +271,18 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     crate::observability::value(&scrape, name, labels)
 }
 
+/// The fuzz targets' proptest settings: 48 cases in `cargo test`, `PROPTEST_CASES` for more
+/// (`bench/fuzz`).
+pub fn fuzz_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok());
+    proptest::test_runner::Config {
+        cases: cases.unwrap_or(48),
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 /// Polls `condition` every 10 ms until it holds; fails the test naming `what` if it still
 /// does not after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
