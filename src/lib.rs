@@ -17,6 +17,8 @@
 //!   client or the lean one; one upstream error type.
 //! - [`config`]: the command line as parsed (flags, environment, defaults), then resolved into
 //!   the [`Config`] the server runs with.
+//! - [`tls`]: rustls: the serving certificate (reloaded while the server runs) and the
+//!   clients' trust and identity, read from PEM files.
 //! - [`avatar`]: the seed payload: the template, `count=N` lists and the per-millisecond cache.
 //! - [`behaviour`]: the behaviour grammar, its sampling into a plan, and paced or truncated
 //!   bodies.
@@ -30,6 +32,7 @@ pub mod ops;
 pub mod routes;
 pub mod serve;
 pub mod time;
+pub mod tls;
 
 pub use config::Config;
 pub use serve::{Server, ServerError};

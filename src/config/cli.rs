@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -120,6 +121,22 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "M2_HTTP2")]
     pub http2: bool,
 
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first); needs --tls-key.
+    #[arg(long, env = "M2_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key (RSA, ECDSA or Ed25519) of --tls-cert.
+    #[arg(long, env = "M2_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With TLS: the protocols offered by ALPN, in order of preference.
+    #[arg(long, env = "M2_TLS_ALPN", value_name = "LIST", default_value = "h2,http/1.1", value_parser = parse_alpn)]
+    pub tls_alpn: Alpn,
+
+    /// With TLS: require client certificates signed by a CA in this PEM file (mutual TLS).
+    #[arg(long, env = "M2_TLS_CLIENT_CA", value_name = "PATH")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log line format; RUST_LOG filters (default: info).
     #[arg(long, env = "M2_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -151,6 +168,15 @@ fn parse_host(value: &str) -> Result<Host, String> {
         }),
         None => Err("expected an IP address or a name that resolves on this machine".to_owned()),
     }
+}
+
+/// `--tls-alpn`'s protocols (clap takes a value parser's output whole only when it is not a
+/// `Vec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Alpn(pub Vec<String>);
+
+fn parse_alpn(value: &str) -> Result<Alpn, String> {
+    crate::tls::server::parse_alpn(value).map(Alpn)
 }
 
 fn parse_path(value: &str) -> Result<String, String> {

@@ -16,7 +16,7 @@ const GATEWAY_PORT: &str = "8080";
 const GATEWAY_PATH: &str = "/v1/user";
 
 /// The gateway's own settings read `M1_*` variables: (argument, variable).
-const GATEWAY_ENV: [(&str, &str); 12] = [
+const GATEWAY_ENV: [(&str, &str); 16] = [
     ("host", "M1_DOMAIN"),
     ("port", "M1_PORT"),
     ("path", "M1_PATH"),
@@ -29,6 +29,10 @@ const GATEWAY_ENV: [(&str, &str); 12] = [
     ("log_format", "M1_LOG_FORMAT"),
     ("write_timeout", "M1_WRITE_TIMEOUT"),
     ("no_fast_path", "M1_NO_FAST_PATH"),
+    ("tls_cert", "M1_TLS_CERT"),
+    ("tls_key", "M1_TLS_KEY"),
+    ("tls_alpn", "M1_TLS_ALPN"),
+    ("tls_client_ca", "M1_TLS_CLIENT_CA"),
 ];
 
 /// `microservice2 gateway`.

@@ -21,6 +21,7 @@ use crate::avatar;
 use crate::behaviour::parse::Unknown;
 use crate::behaviour::{BehaviourError, Controls, Limits};
 use crate::time::DateHeader;
+use crate::tls::{PemFile, ServerSettings, ServerTls, TlsError};
 use cli::ServeArgs;
 pub use cli::{HEALTHZ, METRICS, READYZ, RESERVED_PATHS};
 use env::{Binding, Env, ProcessEnv};
@@ -85,6 +86,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub access_log: bool,
     pub access_log_sample: f64,
+    /// `--tls-cert` and the rest: serve HTTPS. Checked to load when the config is resolved.
+    pub tls: Option<ServerSettings>,
     /// Gateway mode's settings: set when the first argument is `gateway`.
     pub gateway: Option<GatewayConfig>,
 }
@@ -167,8 +170,12 @@ impl Config {
         } else {
             None
         };
+        let tls = tls_settings(&parsed).map_err(|err| {
+            let var = env::var_of(err.flag, &bindings).unwrap_or_default();
+            ConfigError::Invalid(format!("{} {err} (flag or env {var})", err.flag))
+        })?;
         let behaviour_var = env::var_of("--behaviour", &bindings).unwrap_or_default();
-        Config::resolve(parsed, gateway).map_err(|(text, err)| {
+        Config::resolve(parsed, tls, gateway).map_err(|(text, err)| {
             ConfigError::Invalid(format!(
                 "invalid value '{text}' for '--behaviour <CONTROLS>': {err} (flag or env {behaviour_var})"
             ))
@@ -179,6 +186,7 @@ impl Config {
     /// profile's text.
     fn resolve(
         args: ServeArgs,
+        tls: Option<ServerSettings>,
         gateway: Option<GatewayConfig>,
     ) -> Result<Config, (String, BehaviourError)> {
         let limits = Limits {
@@ -218,6 +226,7 @@ impl Config {
             log_format: args.log_format,
             access_log: args.access_log,
             access_log_sample: args.access_log_sample,
+            tls,
             gateway,
         })
     }
@@ -278,6 +287,37 @@ fn profile(
     };
     profile.check_rate(longest, limits)?;
     Ok(profile)
+}
+
+/// The TLS settings, when `--tls-cert` and `--tls-key` are both given, checked by loading
+/// them as the server will: files that cannot be read, a key that does not match, a CA file
+/// with no usable certificate are errors naming their flag.
+fn tls_settings(args: &ServeArgs) -> Result<Option<ServerSettings>, TlsError> {
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            if args.tls_client_ca.is_some() {
+                return Err(TlsError::new(
+                    "--tls-client-ca",
+                    "needs --tls-cert and --tls-key: client certificates are a TLS setting",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => return Err(TlsError::new("--tls-key", "is needed with --tls-cert")),
+        (None, Some(_)) => return Err(TlsError::new("--tls-cert", "is needed with --tls-key")),
+    };
+    let settings = ServerSettings {
+        cert: PemFile::new("--tls-cert", cert),
+        key: PemFile::new("--tls-key", key),
+        client_ca: args
+            .tls_client_ca
+            .as_ref()
+            .map(|ca| PemFile::new("--tls-client-ca", ca)),
+        alpn: args.tls_alpn.0.clone(),
+    };
+    ServerTls::new(&settings)?;
+    Ok(Some(settings))
 }
 
 /// Reduces a clap error to one line, adding the environment variable behind the flag when

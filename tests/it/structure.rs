@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 
 /// The top-level modules, from the top down: each may import only from those after it.
-const LAYERS: [&str; 8] = [
+const LAYERS: [&str; 9] = [
     "serve",
     "routes",
     "ops",
     "gateway",
     "config",
+    "tls",
     "avatar",
     "behaviour",
     "time",
