@@ -90,7 +90,7 @@ impl Lean {
 /// The HTTP/1.1 client a worker calls its upstreams with (`--client`).
 #[derive(Debug)]
 enum Caller {
-    HyperUtil(Client<HttpConnector, Empty<Bytes>>),
+    HyperUtil(Box<Client<HttpConnector, Empty<Bytes>>>),
     Lean(Lean),
 }
 
@@ -126,7 +126,7 @@ impl Gateway {
                     .pool_timer(TokioTimer::new())
                     .pool_max_idle_per_host(config.pool_max_idle)
                     .build(connector);
-                Caller::HyperUtil(client)
+                Caller::HyperUtil(Box::new(client))
             }
             ClientKind::Lean => Caller::Lean(Lean::new(config, &hosts)),
         };
