@@ -1,6 +1,7 @@
 //! Integration tests: the real server over real TCP on port 0.
 
 mod behaviour;
+mod certs;
 mod cli;
 mod contract;
 mod differential;
@@ -14,3 +15,4 @@ mod protocol;
 mod reliability;
 mod structure;
 mod support;
+mod tls;
