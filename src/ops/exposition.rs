@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::metrics::{BUCKETS, CloseReason, METHODS, MethodLabel, OUTCOMES, Route, WorkerMetrics};
+use super::metrics::{
+    BUCKETS, CloseReason, Handshake, METHODS, MethodLabel, OUTCOMES, Route, WorkerMetrics,
+};
 use super::process;
 use crate::behaviour::Fault;
 use crate::gateway::error::Outcome;
@@ -16,6 +18,8 @@ pub struct Registry {
     workers: Arc<Vec<Arc<WorkerMetrics>>>,
     /// Gateway mode: the upstreams' URLs, the `upstream` label (empty in serve mode).
     upstreams: Arc<[String]>,
+    /// Certificate reloads: [ok, failed]. Written by the server's reload task, not a worker.
+    reloads: Arc<[AtomicU64; 2]>,
 }
 
 impl Registry {
@@ -27,6 +31,7 @@ impl Registry {
                     .collect(),
             ),
             upstreams: upstreams.into(),
+            reloads: Arc::default(),
         }
     }
 
@@ -132,6 +137,7 @@ impl Registry {
                 fault.name()
             );
         }
+        self.render_tls(&mut out);
         if !self.upstreams.is_empty() {
             self.render_upstreams(&mut out);
         }
@@ -144,6 +150,51 @@ impl Registry {
         );
         process::render(&mut out);
         out
+    }
+
+    /// TLS handshakes by result, the successful ones' durations, and certificate reloads
+    /// (all zero when the server serves cleartext).
+    fn render_tls(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_tls_handshakes_total TLS handshakes, by result: ok (full), resumed, failed.\n\
+             # TYPE microservice2_tls_handshakes_total counter"
+        );
+        for result in Handshake::ALL {
+            let value = self.sum(|w| load(&w.handshakes[result as usize]));
+            let _ = writeln!(
+                out,
+                "microservice2_tls_handshakes_total{{result=\"{}\"}} {value}",
+                result.label()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_tls_handshake_duration_seconds Time from a connection's first byte to its TLS session, for handshakes that made one.\n\
+             # TYPE microservice2_tls_handshake_duration_seconds histogram"
+        );
+        write_histogram(
+            out,
+            "microservice2_tls_handshake_duration_seconds",
+            "",
+            |bucket| self.sum(|w| load(&w.handshake_buckets[bucket])),
+            self.sum(|w| load(&w.handshake_sum)),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_tls_reloads_total Certificate reloads (SIGHUP or changed files), by result.\n\
+             # TYPE microservice2_tls_reloads_total counter\n\
+             microservice2_tls_reloads_total{{result=\"ok\"}} {}\n\
+             microservice2_tls_reloads_total{{result=\"failed\"}} {}",
+            load(&self.reloads[0]),
+            load(&self.reloads[1]),
+        );
+    }
+
+    /// A certificate reload happened: it took, or the old certificate stays.
+    pub fn tls_reloaded(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gateway mode's metrics: upstream call durations and errors.
@@ -196,18 +247,27 @@ fn write_histogram(
     count: impl Fn(usize) -> u64,
     sum_nanos: u64,
 ) {
+    // A series without labels of its own: `le` alone, and no braces on the sum and count.
+    let (before_le, own) = if labels.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{labels},"), format!("{{{labels}}}"))
+    };
     let mut cumulative = 0;
     for (index, bound) in BUCKETS.iter().enumerate() {
         cumulative += count(index);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{before_le}le=\"{bound}\"}} {cumulative}"
+        );
     }
     cumulative += count(BUCKETS.len());
     let sum = sum_nanos as f64 / 1e9;
     let _ = writeln!(
         out,
-        "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}\n\
-         {name}_sum{{{labels}}} {sum}\n\
-         {name}_count{{{labels}}} {cumulative}"
+        "{name}_bucket{{{before_le}le=\"+Inf\"}} {cumulative}\n\
+         {name}_sum{own} {sum}\n\
+         {name}_count{own} {cumulative}"
     );
 }
 

@@ -96,10 +96,13 @@ pub enum CloseReason {
     Error,
     /// An injected socket fault (`fault=reset`, `close`, `hang`, `truncate`).
     Fault,
+    /// The TLS handshake failed or took longer than `--header-timeout` (a cleartext request
+    /// on a TLS port, an unknown client certificate, no common protocol).
+    TlsHandshake,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Client,
         CloseReason::HeaderTimeout,
         CloseReason::IdleTimeout,
@@ -108,6 +111,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Error,
         CloseReason::Fault,
+        CloseReason::TlsHandshake,
     ];
 
     pub fn label(self) -> &'static str {
@@ -120,6 +124,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
             CloseReason::Fault => "fault",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -135,6 +140,18 @@ impl CloseReason {
             ErrorKind::TimedOut => CloseReason::WriteTimeout,
             _ => CloseReason::Error,
         }
+    }
+
+    /// Whether the connection ended in good order (the client's close, a timeout, shutdown),
+    /// so that a TLS session may say goodbye (`close_notify`) before the socket closes.
+    pub fn is_clean(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Client
+                | CloseReason::HeaderTimeout
+                | CloseReason::IdleTimeout
+                | CloseReason::Shutdown
+        )
     }
 }
 
@@ -208,6 +225,35 @@ pub struct WorkerMetrics {
     /// [upstream][outcome]: total nanoseconds.
     pub(super) upstream_sum: Vec<AtomicU64>,
     pub(super) upstream_errors: [AtomicU64; Outcome::ERROR_LABELS.len()],
+    /// TLS handshakes: [result].
+    pub(super) handshakes: [AtomicU64; Handshake::ALL.len()],
+    /// Successful TLS handshakes' durations: [bucket], the last being +Inf; and their sum in
+    /// nanoseconds.
+    pub(super) handshake_buckets: [AtomicU64; BUCKETS.len() + 1],
+    pub(super) handshake_sum: AtomicU64,
+}
+
+/// How a TLS handshake ended: the `result` label of `microservice2_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// A full handshake.
+    Ok,
+    /// A session resumed from a ticket or the session cache.
+    Resumed,
+    /// No session: a bad or missing client certificate, a cleartext request, a timeout.
+    Failed,
+}
+
+impl Handshake {
+    pub const ALL: [Handshake; 3] = [Handshake::Ok, Handshake::Resumed, Handshake::Failed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::Resumed => "resumed",
+            Handshake::Failed => "failed",
+        }
+    }
 }
 
 impl WorkerMetrics {
@@ -226,6 +272,9 @@ impl WorkerMetrics {
             accepted: AtomicU64::new(0),
             closed: Default::default(),
             faults: Default::default(),
+            handshakes: Default::default(),
+            handshake_buckets: Default::default(),
+            handshake_sum: AtomicU64::new(0),
         }
     }
 }
@@ -259,6 +308,18 @@ impl WorkerMetrics {
 
     pub fn connection_closed(&self, reason: CloseReason) {
         bump(&self.closed[reason as usize], 1);
+    }
+
+    /// A TLS handshake ended: how, and (when it made a session) how long it took.
+    pub fn handshake(&self, result: Handshake, elapsed: Duration) {
+        bump(&self.handshakes[result as usize], 1);
+        if result != Handshake::Failed {
+            bump(&self.handshake_buckets[bucket(elapsed)], 1);
+            bump(
+                &self.handshake_sum,
+                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            );
+        }
     }
 
     pub fn fault(&self, fault: Fault) {

@@ -1,6 +1,7 @@
-//! One accepted connection: the fast path first, then, from the first request it does not
-//! take, hyper (HTTP/1.1, or HTTP/2 with prior knowledge) with graceful shutdown, the socket
-//! faults behaviour injection raises, and why the connection ended, counted when it is dropped.
+//! One accepted connection: its TLS handshake when the server serves TLS, then the fast path,
+//! then, from the first request it does not take, hyper (HTTP/1.1, HTTP/2 chosen by ALPN, or
+//! h2c with prior knowledge) with graceful shutdown, the socket faults behaviour injection
+//! raises, and why the connection ended, counted when it is dropped.
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -17,12 +18,15 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::fast::{self, Outcome, Prefixed, Timeouts};
+use super::stream::{H2_PREFACE_START, Stream, TlsStream};
 use super::watched::{Activity, Watched};
 use crate::behaviour::Fault;
 use crate::behaviour::body::Body;
-use crate::ops::metrics::CloseReason;
+use crate::ops::metrics::{CloseReason, Handshake};
 use crate::routes::{FaultSignal, Recorded, Routes};
 
 /// One accepted connection and what it needs from its worker.
@@ -48,7 +52,10 @@ impl Connection {
     /// paths that hold hyper's connection state (and gateway mode's upstream call) are
     /// boxed: a serve-mode fast-path task is about 1 KB instead of 4.4 KB, and the task is
     /// most of what each of 10,000 open connections costs.
-    pub(super) async fn serve(mut self, stream: TcpStream) {
+    pub(super) async fn serve<S: Stream>(mut self, stream: S) {
+        if stream.chose_h2() {
+            return Box::pin(self.serve_hyper(Prefixed::new(Bytes::new(), stream), true)).await;
+        }
         if !self.fast_path {
             return Box::pin(self.serve_without_fast_path(stream)).await;
         }
@@ -73,15 +80,52 @@ impl Connection {
         }
     }
 
+    /// The TLS handshake, held to the header timeout and counted, then [`Connection::serve`]
+    /// over the session. A client that opens with anything but a TLS handshake record (a
+    /// cleartext request) is closed at once, with nothing written.
+    pub(super) async fn serve_tls(mut self, stream: TcpStream, acceptor: TlsAcceptor) {
+        let start = Instant::now();
+        let handshake = async {
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
+                _ => return None,
+            }
+            acceptor.accept(stream).await.ok()
+        };
+        let mut stop = self.stop.clone();
+        let session = tokio::select! {
+            session = tokio::time::timeout(self.timeouts.header, handshake) => session.ok().flatten(),
+            _ = stop.wait_for(|stopped| *stopped) => {
+                self.reason = Some(CloseReason::Shutdown);
+                return;
+            }
+        };
+        let metrics = self.routes.metrics();
+        let Some(session) = session else {
+            metrics.handshake(Handshake::Failed, start.elapsed());
+            self.reason = Some(CloseReason::TlsHandshake);
+            return;
+        };
+        let result = if crate::tls::server::resumed(session.get_ref().1) {
+            Handshake::Resumed
+        } else {
+            Handshake::Ok
+        };
+        metrics.handshake(result, start.elapsed());
+        let stream: TlsStream = Box::new(session);
+        self.serve(stream).await;
+    }
+
     /// With the fast path off (every request planned, or the admin listener), hyper serves
     /// every request.
-    async fn serve_without_fast_path(mut self, stream: TcpStream) {
+    async fn serve_without_fast_path<S: Stream>(mut self, stream: S) {
         let h2 = if self.http2 {
             // Waiting for the first bytes is waiting on an idle connection: it ends at the
             // idle timeout or when shutdown begins, as it would on the fast path.
             let mut stop = self.stop.clone();
             tokio::select! {
-                h2 = opens_with_preface(&stream) => h2,
+                h2 = stream.opens_with_preface() => h2,
                 () = tokio::time::sleep(self.timeouts.idle) => {
                     self.reason = Some(CloseReason::IdleTimeout);
                     return;
@@ -100,7 +144,7 @@ impl Connection {
 
     /// Hands the connection to hyper for the rest of its life, with graceful shutdown and
     /// the socket faults that behaviour injection raises.
-    async fn serve_hyper(self, stream: Prefixed, h2: bool) {
+    async fn serve_hyper<S: Stream>(self, stream: Prefixed<S>, h2: bool) {
         if h2 {
             self.serve_h2(stream).await;
         } else {
@@ -120,14 +164,17 @@ impl Connection {
     }
 
     /// The socket as hyper gets it: writes held to the write timeout, its activity noted.
-    fn watched(&self, stream: Prefixed) -> (TokioIo<Watched<Prefixed>>, Rc<Activity>) {
+    fn watched<S: Stream>(
+        &self,
+        stream: Prefixed<S>,
+    ) -> (TokioIo<Watched<Prefixed<S>>>, Rc<Activity>) {
         let activity = Rc::new(Activity::default());
         let io = Watched::new(stream, self.timeouts.write, Rc::clone(&activity));
         (TokioIo::new(io), activity)
     }
 
     /// HTTP/2 with prior knowledge. A socket fault raised by any stream ends the connection.
-    async fn serve_h2(mut self, stream: Prefixed) {
+    async fn serve_h2<S: Stream>(mut self, stream: Prefixed<S>) {
         let (service, faults) = self.service();
         let (io, activity) = self.watched(stream);
         let connection = http2::Builder::new(LocalExec).serve_connection(io, service);
@@ -150,7 +197,7 @@ impl Connection {
         });
     }
 
-    async fn serve_h1(mut self, stream: Prefixed) {
+    async fn serve_h1<S: Stream>(mut self, stream: Prefixed<S>) {
         let (service, faults) = self.service();
         let (io, activity) = self.watched(stream);
         let mut connection = self.http.serve_connection(io, service);
@@ -218,25 +265,8 @@ fn ended_by(ended: Result<(), hyper::Error>, activity: &Activity) -> CloseReason
     CloseReason::Error
 }
 
-/// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
-
-/// Whether the client opens with the HTTP/2 preface, read ahead without consuming anything
-/// (the bytes stay in the socket for hyper).
-async fn opens_with_preface(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; H2_PREFACE_START.len()];
-    // A client that sends the preface in pieces gets a second; then it is taken as HTTP/1.
-    for _ in 0..1000 {
-        match stream.peek(&mut buf).await {
-            Ok(n) if n == buf.len() => return buf[..] == *H2_PREFACE_START,
-            Ok(n) if n > 0 && H2_PREFACE_START.starts_with(&buf[..n]) => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            _ => return false,
-        }
-    }
-    false
-}
+/// The first byte of a TLS connection: a handshake record (RFC 8446, section 5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Runs hyper's HTTP/2 stream tasks on the worker's own thread (the service is not `Send`).
 #[derive(Clone, Copy, Debug)]
@@ -262,14 +292,19 @@ impl Drop for Connection {
 }
 
 /// Ends a connection for a socket fault: `reset` sends a TCP RST (`SO_LINGER` 0, then
-/// close), `close` a plain FIN; neither writes a response.
-fn abort(connection: http1::Connection<TokioIo<Watched<Prefixed>>, AvatarService>, fault: Fault) {
+/// close), `close` a plain FIN; neither writes a response, and a TLS session sends no
+/// `close_notify`, as a crashed server would not.
+fn abort<S: Stream>(
+    connection: http1::Connection<TokioIo<Watched<Prefixed<S>>>, AvatarService>,
+    fault: Fault,
+) {
     let stream = connection
         .into_parts()
         .io
         .into_inner()
         .into_inner()
-        .into_stream();
+        .into_stream()
+        .into_tcp();
     if fault == Fault::Reset {
         if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
             tracing::warn!("cannot arm a reset: {err}");

@@ -28,23 +28,23 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::ReadBuf;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::output::Output;
 pub use super::output::Prefixed;
+use super::stream::Stream;
 use crate::ops::metrics::{CloseReason, MethodLabel, Route};
 use crate::routes::{GatewayWire, Head, Routes};
 
 /// How a fast-path connection ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<S> {
     /// Closed, and why: the peer closed, an error, a timeout, or shutdown between requests.
     Closed(CloseReason),
     /// Hyper must take over: the stream, with the bytes read ahead of it in front.
-    Hyper(Prefixed),
+    Hyper(Prefixed<S>),
 }
 
 /// Bytes a connection reads at a time. Reads land in the worker's [`READ_SCRATCH`]; a
@@ -68,9 +68,9 @@ pub trait Plain {
     const WAITS: bool;
 
     /// Answers the complete plain requests at the front of what `connection` read.
-    fn answer(
+    fn answer<S: Stream>(
         &self,
-        connection: &mut Connection<'_>,
+        connection: &mut Connection<'_, S>,
         batch: &mut Batch,
         now: Instant,
     ) -> impl Future<Output = ()>;
@@ -83,7 +83,12 @@ pub struct Avatars;
 impl Plain for Avatars {
     const WAITS: bool = false;
 
-    async fn answer(&self, connection: &mut Connection<'_>, batch: &mut Batch, now: Instant) {
+    async fn answer<S: Stream>(
+        &self,
+        connection: &mut Connection<'_, S>,
+        batch: &mut Batch,
+        now: Instant,
+    ) {
         connection.answer_avatars(now, batch);
     }
 }
@@ -99,7 +104,12 @@ where
 {
     const WAITS: bool = true;
 
-    async fn answer(&self, connection: &mut Connection<'_>, batch: &mut Batch, _now: Instant) {
+    async fn answer<S: Stream>(
+        &self,
+        connection: &mut Connection<'_, S>,
+        batch: &mut Batch,
+        _now: Instant,
+    ) {
         connection.answer_calls(&self.0, batch).await;
     }
 }
@@ -115,13 +125,13 @@ pub struct Timeouts {
 
 /// Serves fast-path requests on `stream` until the connection ends or needs hyper, `plain`
 /// answering each plain request; `stop` turns true when shutdown begins.
-pub async fn serve<P: Plain>(
-    stream: TcpStream,
+pub async fn serve<P: Plain, S: Stream>(
+    stream: S,
     routes: &Routes,
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
     plain: P,
-) -> Outcome {
+) -> Outcome<S> {
     let mut conn = Connection {
         stream,
         routes,
@@ -161,7 +171,7 @@ pub async fn serve<P: Plain>(
             Ok(false) => {}
             // The wait used the timer: it is re-armed below.
             Ok(true) => timer_registered = false,
-            Err(reason) => return Outcome::Closed(reason),
+            Err(reason) => return conn.closed(reason).await,
         }
         conn.record(&mut batch, start);
         // Step 3: hand over, go on answering, or wait.
@@ -175,7 +185,7 @@ pub async fn serve<P: Plain>(
         if stopped {
             // Between requests: close. Mid-request: hyper finishes it with `connection: close`.
             return if conn.buf.is_empty() {
-                Outcome::Closed(CloseReason::Shutdown)
+                conn.closed(CloseReason::Shutdown).await
             } else {
                 conn.hand_over()
             };
@@ -215,14 +225,15 @@ pub async fn serve<P: Plain>(
         })
         .await;
         match event {
-            Event::Read(Ok(0)) => return Outcome::Closed(CloseReason::Client),
-            Event::Read(Err(err)) => return Outcome::Closed(CloseReason::of_io(&err)),
+            Event::Read(Ok(0)) => return conn.closed(CloseReason::Client).await,
+            Event::Read(Err(err)) => return conn.closed(CloseReason::of_io(&err)).await,
             Event::Read(Ok(n)) => conn.took(n),
             Event::Stop => stopped = true,
             Event::Timer => {
                 if Instant::now() >= deadline {
                     // A slow head (slowloris), or a keep-alive connection left idle.
-                    return Outcome::Closed(conn.timed_out());
+                    let reason = conn.timed_out();
+                    return conn.closed(reason).await;
                 }
                 timer.as_mut().reset(deadline);
                 timer_registered = false;
@@ -240,8 +251,8 @@ enum Event {
 
 /// One fast-path connection's state between its steps: read, answer, flush, record, settle
 /// (its deadlines), and hand over to hyper.
-pub struct Connection<'a> {
-    stream: TcpStream,
+pub struct Connection<'a, S> {
+    stream: S,
     routes: &'a Routes,
     timeouts: Timeouts,
     /// The bytes of an incomplete request, or in gateway mode every byte read; usually empty
@@ -260,7 +271,7 @@ pub struct Connection<'a> {
     head_since: Option<Instant>,
 }
 
-impl Connection<'_> {
+impl<S: Stream> Connection<'_, S> {
     /// A read of `n` bytes landed in the worker's scratch.
     fn took(&mut self, n: usize) {
         if self.keep_all || !self.buf.is_empty() {
@@ -342,7 +353,7 @@ impl Connection<'_> {
     /// Writes the pending answers: one direct attempt, which almost always takes them all,
     /// then, if the socket is full, a wait held to the write timeout. Says whether it waited.
     async fn flush(&mut self, timer: Pin<&mut Sleep>) -> Result<bool, CloseReason> {
-        match self.output.write_now(&self.stream) {
+        match self.stream.write_now(&mut self.output) {
             Ok(true) => Ok(false),
             Ok(false) => self.write_stalled(timer).await.map(|()| true),
             Err(err) => Err(CloseReason::of_io(&err)),
@@ -359,7 +370,14 @@ impl Connection<'_> {
         std::future::poll_fn(|cx| {
             let before = self.output.pending;
             if let Poll::Ready(result) = self.output.poll_write(&mut self.stream, cx) {
-                return Poll::Ready(result.map_err(|err| CloseReason::of_io(&err)));
+                // A TLS session then sends the records it holds; a socket holds none.
+                let flushed = match result {
+                    Ok(()) => Pin::new(&mut self.stream).poll_flush(cx),
+                    Err(err) => Poll::Ready(Err(err)),
+                };
+                if let Poll::Ready(result) = flushed {
+                    return Poll::Ready(result.map_err(|err| CloseReason::of_io(&err)));
+                }
             }
             if self.output.pending < before {
                 progress_at = Instant::now();
@@ -439,8 +457,17 @@ impl Connection<'_> {
         }
     }
 
-    fn hand_over(self) -> Outcome {
+    fn hand_over(self) -> Outcome<S> {
         Outcome::Hyper(Prefixed::new(self.buf.freeze(), self.stream))
+    }
+
+    /// Ends the connection: a clean end (the client's close, a timeout, shutdown) lets a TLS
+    /// session send its `close_notify`; after an error or a stalled write it is just dropped.
+    async fn closed(mut self, reason: CloseReason) -> Outcome<S> {
+        if reason.is_clean() {
+            self.stream.close(self.timeouts.write).await;
+        }
+        Outcome::Closed(reason)
     }
 }
 

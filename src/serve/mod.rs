@@ -6,6 +6,7 @@
 mod connection;
 pub(crate) mod fast;
 mod output;
+mod stream;
 pub(crate) mod watched;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ use crate::config::Config;
 use crate::ops::exposition::Registry;
 use crate::ops::metrics::CloseReason;
 use crate::routes::{Routes, Shared};
+use crate::tls::{ServerTls, TlsError};
 use connection::Connection;
 use fast::Timeouts;
 
@@ -44,7 +46,12 @@ pub enum ServerError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("cannot start worker {index}: {source}")]
     Worker { index: usize, source: io::Error },
+    #[error("cannot serve TLS: {} {source}", source.flag)]
+    Tls { source: TlsError },
 }
+
+/// How often the certificate files are looked at for a change (two `stat` calls).
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A server whose listeners are bound and listening, ready to [`Server::serve`].
 #[derive(Debug)]
@@ -55,6 +62,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The separate listener for `/healthz`, `/readyz` and `/metrics` (`--admin-port`).
     admin: Option<(StdListener, SocketAddr)>,
+    /// `--tls-cert`: every listener serves TLS with it.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Server {
@@ -90,6 +99,12 @@ impl Server {
             }
             None => None,
         };
+        let tls = match &config.tls {
+            Some(settings) => Some(Arc::new(
+                ServerTls::new(settings).map_err(|source| ServerError::Tls { source })?,
+            )),
+            None => None,
+        };
         let upstreams = config.gateway.as_ref().map_or_else(Vec::new, |gateway| {
             gateway.upstreams.iter().map(|u| u.url.clone()).collect()
         });
@@ -99,6 +114,7 @@ impl Server {
             listeners,
             local_addr: addr,
             admin,
+            tls,
         })
     }
 
@@ -122,10 +138,12 @@ impl Server {
         self.local_addr
     }
 
-    /// The line the seed prints once it accepts connections: `Listening on http://HOST:PORT`.
+    /// The line the seed prints once it accepts connections: `Listening on http://HOST:PORT`
+    /// (`https://` when serving TLS).
     pub fn listening_line(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!(
-            "Listening on http://{}:{}",
+            "Listening on {scheme}://{}:{}",
             self.config.host.url_form(),
             self.local_addr.port()
         )
@@ -143,6 +161,7 @@ impl Server {
             let config = Arc::clone(&self.config);
             let shared = self.shared.clone();
             let stop = stop_rx.clone();
+            let tls = self.tls.clone();
             // The first worker also serves the admin listener.
             let mut listeners = vec![(listener, false)];
             listeners.extend(admin.take().map(|listener| (listener, true)));
@@ -151,13 +170,29 @@ impl Server {
                 .name(format!("m2-worker-{index}"))
                 .spawn(move || {
                     let routes = Routes::new(&config, &shared, index);
-                    run_worker(&config, routes, listeners, stop);
+                    run_worker(&config, routes, tls, listeners, stop);
                     drop(done_tx);
                 })
                 .map_err(|source| ServerError::Worker { index, source })?;
             workers.push((thread, done_rx));
         }
-        shutdown.await;
+        // New handshakes take a new certificate on SIGHUP or when its files change.
+        let metrics = self.shared.metrics();
+        let watch_tls = async {
+            match &self.tls {
+                Some(tls) => {
+                    tls.watch(TLS_WATCH_INTERVAL, |outcome| {
+                        metrics.tls_reloaded(outcome.is_ok());
+                    })
+                    .await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            () = watch_tls => {}
+        }
         tracing::info!(
             delay = ?self.config.shutdown_delay,
             "shutdown: readiness now answers 503"
@@ -209,6 +244,7 @@ fn listen(addr: SocketAddr) -> io::Result<StdListener> {
 fn run_worker(
     config: &Config,
     routes: Routes,
+    tls: Option<Arc<ServerTls>>,
     listeners: Vec<(StdListener, bool)>,
     stop: watch::Receiver<bool>,
 ) {
@@ -249,6 +285,7 @@ fn run_worker(
             fast_path: config.fast_path_allowed(),
             routes: Rc::new(routes),
             http: Rc::new(http),
+            tls: tls.map(|tls| tls.acceptor()),
         };
         // Each connection holds a sender; `recv` yields `None` once all have ended.
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -290,6 +327,8 @@ struct Worker {
     fast_path: bool,
     routes: Rc<Routes>,
     http: Rc<http1::Builder>,
+    /// Set when serving TLS: every connection's handshake.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Worker {
@@ -343,7 +382,14 @@ impl Worker {
                 reason: None,
                 _open: open.clone(),
             };
-            tokio::task::spawn_local(connection.serve(stream));
+            match &self.tls {
+                Some(acceptor) => {
+                    tokio::task::spawn_local(connection.serve_tls(stream, acceptor.clone()));
+                }
+                None => {
+                    tokio::task::spawn_local(connection.serve(stream));
+                }
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 /// connection's, so a burst of them costs a few pointers, and an answer a slow client has
 /// not taken yet holds only its share of the worker's rendered response.
 #[derive(Debug, Default)]
-pub(super) struct Output {
+pub(crate) struct Output {
     /// The first (usually the only) answer.
     first: Option<Bytes>,
     /// Answers after the first, in order.
@@ -77,11 +77,11 @@ impl Output {
         }
     }
 
-    /// Writes until everything went (`Ready(Ok)`), the socket is full (`Pending`, with a
+    /// Writes until everything went (`Ready(Ok)`), the stream is full (`Pending`, with a
     /// wake-up arranged), or an error.
-    pub(super) fn poll_write(
+    pub(super) fn poll_write<S: AsyncWrite + Unpin>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         while !self.is_empty() {
@@ -143,16 +143,16 @@ impl Output {
     }
 }
 
-/// A TCP stream with bytes already read from it in front, for handing a connection to hyper
+/// A stream with bytes already read from it in front, for handing a connection to hyper
 /// mid-stream.
 #[derive(Debug)]
-pub struct Prefixed {
+pub struct Prefixed<S> {
     prefix: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Prefixed {
-    pub fn new(prefix: Bytes, stream: TcpStream) -> Prefixed {
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, stream: S) -> Prefixed<S> {
         Prefixed { prefix, stream }
     }
 
@@ -161,13 +161,13 @@ impl Prefixed {
         &self.prefix
     }
 
-    /// The socket, for actions hyper knows nothing of (a reset).
-    pub fn into_stream(self) -> TcpStream {
+    /// The stream, for actions hyper knows nothing of (a reset).
+    pub fn into_stream(self) -> S {
         self.stream
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -183,7 +183,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -143,8 +143,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         self.io.is_write_vectored()
     }
 
+    /// A TLS session holds records it has made until the socket takes them: a flush that
+    /// waits is a stalled write too.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.poll_stalled(cx),
+            ready => {
+                this.waiting_since = None;
+                ready
+            }
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

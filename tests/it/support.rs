@@ -181,24 +181,36 @@ impl RawResponse {
     }
 }
 
-/// A blocking raw HTTP/1.1 client on one connection.
-pub struct Client {
-    reader: BufReader<TcpStream>,
+/// A blocking raw HTTP/1.1 client on one connection: a TCP socket, or anything else that
+/// reads and writes (a TLS session over one).
+pub struct Client<S = TcpStream> {
+    reader: BufReader<S>,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to the test server");
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
+        Client::over(connect_tcp(addr))
+    }
+}
+
+/// A socket to `addr` with the clients' read timeout and no Nagle delay.
+pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to the test server");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+impl<S: Read + Write> Client<S> {
+    pub fn over(stream: S) -> Client<S> {
         Client {
             reader: BufReader::new(stream),
         }
     }
 
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream(&mut self) -> &mut S {
         self.reader.get_mut()
     }
 
@@ -397,7 +409,11 @@ pub fn closed_by_server(server: SocketAddr, client: SocketAddr) -> bool {
 
 /// One metric sample scraped over `client`'s keep-alive connection: polled this way, the
 /// scrape opens and closes no connection of its own.
-pub fn scrape_on(client: &mut Client, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn scrape_on<S: Read + Write>(
+    client: &mut Client<S>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
     client.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     sample(&client.read_response(false).body_text(), name, labels)
 }
@@ -486,9 +502,10 @@ impl ChildServer {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the Listening line");
+        let line = line.trim_end();
         let port = line
-            .trim_end()
             .strip_prefix("Listening on http://127.0.0.1:")
+            .or_else(|| line.strip_prefix("Listening on https://127.0.0.1:"))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse::<u16>()
             .expect("a port number");

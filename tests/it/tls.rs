@@ -2,8 +2,22 @@
 //! client), the fast path and every route over TLS, mutual TLS, certificate reload, and every
 //! bad TLS setting. Certificates are made at test time ([`crate::certs`]).
 
-use crate::certs::{Alg, Pki};
-use crate::support::binary;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use crate::certs::{Alg, Pair, Pki};
+use crate::support::{
+    ChildServer, Client, binary, client_runtime, connect_tcp, masked_response, scrape_on,
+    wait_until,
+};
 
 /// Runs the binary with `args` (paths already in them) and returns its stderr, asserting it
 /// exited 2 with one line naming `needle`.
@@ -136,4 +150,385 @@ fn rsa_ecdsa_and_ed25519_keys_load() {
         ]);
         assert!(config.tls.is_some(), "{alg:?}");
     }
+}
+
+/// A client configuration trusting `pki`'s CA, presenting `identity` when given, offering
+/// `alpn`; sessions are resumed from an in-memory store (rustls's default).
+fn client_config(pki: &Pki, identity: Option<&Pair>, alpn: &[&str]) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.ca()).expect("read the CA") {
+        roots
+            .add(cert.expect("a CA certificate"))
+            .expect("add the CA");
+    }
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        Some(pair) => builder
+            .with_client_auth_cert(chain(&pair.cert), key(&pair.key))
+            .expect("a client identity"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+fn chain(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .expect("read the chain")
+        .collect::<Result<_, _>>()
+        .expect("certificates")
+}
+
+fn key(path: &Path) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_file(path).expect("read the key")
+}
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS session to `addr` (verified as `localhost`), its handshake done, or why not.
+fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let name = ServerName::try_from("localhost").expect("a name");
+    let connection =
+        ClientConnection::new(Arc::clone(config), name).map_err(std::io::Error::other)?;
+    let mut tls = StreamOwned::new(connection, connect_tcp(addr));
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// A client on a fresh TLS session to `server`.
+fn https(addr: SocketAddr, config: &Arc<ClientConfig>) -> Client<Tls> {
+    Client::over(tls_connect(addr, config).expect("a TLS session"))
+}
+
+/// A serve-mode child on TLS with `pair`, and `extra` flags.
+fn tls_server(pair: &Pair, extra: &[&str]) -> ChildServer {
+    let mut args = vec![
+        "--tls-cert",
+        pair.cert.to_str().expect("utf-8"),
+        "--tls-key",
+        pair.key.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    ChildServer::start_capturing_logs(&args)
+}
+
+/// A metric of a TLS server, scraped over TLS.
+fn tls_metric(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    scrape_on(&mut https(addr, config), name, labels)
+}
+
+const GET: &[u8] = b"GET /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n";
+const HEAD: &[u8] = b"HEAD /v1/avatar HTTP/1.1\r\nHost: test\r\n\r\n";
+
+#[test]
+fn https_answers_what_cleartext_answers_on_the_fast_path_and_through_hyper() {
+    let pki = Pki::new("same-bytes");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let config = client_config(&pki, None, &["http/1.1"]);
+    let cleartext = ChildServer::start(&[]);
+    let tls = tls_server(&pair, &[]);
+    let tls_hyper = tls_server(&pair, &["--no-fast-path"]);
+    // One request, HEAD, five pipelined in one write, and one the fast path hands to hyper.
+    let mut pipelined = Vec::new();
+    for _ in 0..5 {
+        pipelined.extend_from_slice(GET);
+    }
+    let exchanges: [(&[u8], usize, bool); 4] = [
+        (GET, 1, false),
+        (HEAD, 1, true),
+        (&pipelined, 5, false),
+        (b"GET /nope HTTP/1.1\r\nHost: test\r\n\r\n", 1, false),
+    ];
+    let mut plain = Client::connect(cleartext.addr);
+    let mut fast = https(tls.addr, &config);
+    let mut hyper = https(tls_hyper.addr, &config);
+    for (request, count, head) in exchanges {
+        plain.send(request);
+        fast.send(request);
+        hyper.send(request);
+        for _ in 0..count {
+            let expected = masked_response(&plain.read_response(head));
+            assert_eq!(masked_response(&fast.read_response(head)), expected);
+            assert_eq!(masked_response(&hyper.read_response(head)), expected);
+        }
+    }
+    assert_eq!(
+        tls_metric(
+            tls.addr,
+            &config,
+            "microservice2_requests_total",
+            &[("route", "avatar")]
+        ),
+        7.0
+    );
+}
+
+#[test]
+fn curl_gets_the_avatars_over_https_and_http2_without_the_http2_flag() {
+    let pki = Pki::new("curl");
+    let pair = pki.server("server", Alg::Rsa, 1);
+    let server = tls_server(&pair, &[]);
+    let url = format!("https://127.0.0.1:{}/v1/avatar", server.addr.port());
+    let ca = pki.ca();
+    for (version, expected) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let output = Command::new("curl")
+            .args(["-sS", "--cacert", ca.to_str().expect("utf-8"), version])
+            .args(["-w", "\n%{http_version} %{http_code}", &url])
+            .output()
+            .expect("run curl (installed by .ci/run when missing)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let (body, line) = stdout.rsplit_once('\n').expect("a -w line");
+        assert_eq!(line, format!("{expected} 200"));
+        assert_eq!(body.len(), 3696);
+        assert!(body.starts_with("[{ \"createdAt\": \""), "{body}");
+    }
+    // curl trusts only the CA it is given: without it, no session.
+    let output = Command::new("curl")
+        .args(["-sS", &url])
+        .env("CURL_CA_BUNDLE", pki.dir().join("none.pem"))
+        .output()
+        .expect("run curl");
+    assert!(!output.status.success());
+}
+
+/// What `openssl s_client` says of a session with `addr` offering `alpn`: its output.
+fn s_client(addr: SocketAddr, ca: &Path, alpn: &str) -> String {
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
+        .arg(ca)
+        .args(["-alpn", alpn, "-showcerts"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (installed by .ci/run when missing)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The serial number of the certificate the server at `addr` presents, as openssl prints it
+/// (`serial=02`).
+fn served_serial(addr: SocketAddr, ca: &Path) -> String {
+    let session = s_client(addr, ca, "http/1.1");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run openssl x509");
+    x509.stdin
+        .take()
+        .expect("stdin")
+        .write_all(session.as_bytes())
+        .expect("write the session");
+    let output = x509.wait_with_output().expect("openssl x509");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn alpn_offers_h2_then_http1_and_follows_tls_alpn() {
+    let pki = Pki::new("alpn");
+    let pair = pki.server("server", Alg::Ed25519, 7);
+    let default = tls_server(&pair, &[]);
+    let ca = pki.ca();
+    let h2 = s_client(default.addr, &ca, "h2,http/1.1");
+    assert!(h2.contains("ALPN protocol: h2"), "{h2}");
+    assert!(h2.contains("Verify return code: 0 (ok)"), "{h2}");
+    let http1 = s_client(default.addr, &ca, "http/1.1");
+    assert!(http1.contains("ALPN protocol: http/1.1"), "{http1}");
+    assert_eq!(served_serial(default.addr, &ca), "serial=07");
+    let only_http1 = tls_server(&pair, &["--tls-alpn", "http/1.1"]);
+    let chosen = s_client(only_http1.addr, &ca, "h2,http/1.1");
+    assert!(chosen.contains("ALPN protocol: http/1.1"), "{chosen}");
+}
+
+#[test]
+fn hyper_speaks_http2_over_tls() {
+    let pki = Pki::new("hyper-h2");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let server = tls_server(&pair, &[]);
+    let config = client_config(&pki, None, &["h2"]);
+    client_runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let name = ServerName::try_from("localhost").expect("a name");
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("a TLS session");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .expect("an HTTP/2 connection");
+        tokio::spawn(connection);
+        for _ in 0..3 {
+            let request = hyper::Request::get("https://localhost/v1/avatar")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("a request");
+            let response = sender.send_request(request).await.expect("an answer");
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.version(), hyper::Version::HTTP_2);
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("the body")
+                .to_bytes();
+            assert_eq!(body.len(), 3696);
+        }
+    });
+}
+
+#[test]
+fn a_cleartext_request_on_the_tls_port_gets_nothing_but_a_close_and_is_counted() {
+    let pki = Pki::new("cleartext");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let server = tls_server(&pair, &[]);
+    let config = client_config(&pki, None, &[]);
+    let mut plain = connect_tcp(server.addr);
+    plain.write_all(GET).expect("write");
+    let mut got = Vec::new();
+    // A reset (the request was never read) or an end: either way, not one byte.
+    let _ = plain.read_to_end(&mut got);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let failed = [("result", "failed")];
+    wait_until(
+        "the failed handshake is counted",
+        Duration::from_secs(5),
+        || {
+            tls_metric(
+                server.addr,
+                &config,
+                "microservice2_tls_handshakes_total",
+                &failed,
+            ) == 1.0
+        },
+    );
+    let closed = [("reason", "tls_handshake")];
+    assert_eq!(
+        tls_metric(
+            server.addr,
+            &config,
+            "microservice2_connections_closed_total",
+            &closed
+        ),
+        1.0
+    );
+    // The scrapes themselves made sessions (the first full, the others resumed), each timed.
+    let made = |result| {
+        tls_metric(
+            server.addr,
+            &config,
+            "microservice2_tls_handshakes_total",
+            &[("result", result)],
+        )
+    };
+    let (ok, resumed) = (made("ok"), made("resumed"));
+    let timed = tls_metric(
+        server.addr,
+        &config,
+        "microservice2_tls_handshake_duration_seconds_count",
+        &[],
+    );
+    assert!(ok >= 1.0 && resumed >= 1.0, "{ok} {resumed}");
+    assert!(timed >= ok + resumed, "{ok} {resumed} {timed}");
+}
+
+#[test]
+fn sessions_resume_from_tickets() {
+    let pki = Pki::new("resume");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let server = tls_server(&pair, &[]);
+    let config = client_config(&pki, None, &["http/1.1"]);
+    let mut first = https(server.addr, &config);
+    first.send(GET);
+    assert_eq!(first.read_response(false).status, 200);
+    let mut second = https(server.addr, &config);
+    assert_eq!(
+        second.stream().conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    second.send(GET);
+    assert_eq!(second.read_response(false).status, 200);
+    let resumed = [("result", "resumed")];
+    assert!(
+        tls_metric(
+            server.addr,
+            &config,
+            "microservice2_tls_handshakes_total",
+            &resumed
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let pki = Pki::new("mtls");
+    let other = Pki::new("mtls-other");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let ca = pki.ca();
+    let server = tls_server(&pair, &["--tls-client-ca", ca.to_str().expect("utf-8")]);
+    let client = pki.client("client", 10);
+    let stranger = other.client("stranger", 11);
+    let with = client_config(&pki, Some(&client), &["http/1.1"]);
+    let mut admitted = https(server.addr, &with);
+    admitted.send(GET);
+    assert_eq!(admitted.read_response(false).status, 200);
+    // Without a certificate, or with one from another CA: the handshake fails (in TLS 1.3 the
+    // client learns it at its first read).
+    for identity in [None, Some(&stranger)] {
+        let config = client_config(&pki, identity, &["http/1.1"]);
+        let refused = tls_connect(server.addr, &config).and_then(|mut tls| {
+            tls.write_all(GET)?;
+            let mut byte = [0u8; 1];
+            tls.read(&mut byte)
+        });
+        assert!(
+            refused.is_err(),
+            "{:?}: {refused:?}",
+            identity.map(|p| &p.cert)
+        );
+    }
+    // curl, with and without --cert.
+    let url = format!("https://127.0.0.1:{}/v1/avatar", server.addr.port());
+    let curl = |cert: Option<&Pair>| {
+        let mut command = Command::new("curl");
+        command.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]);
+        command.arg(&ca);
+        if let Some(pair) = cert {
+            command
+                .arg("--cert")
+                .arg(&pair.cert)
+                .arg("--key")
+                .arg(&pair.key);
+        }
+        command.arg(&url).output().expect("run curl")
+    };
+    let output = curl(Some(&client));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200");
+    assert!(!curl(None).status.success());
+    let failed = [("result", "failed")];
+    wait_until(
+        "the refused handshakes are counted",
+        Duration::from_secs(5),
+        || {
+            tls_metric(
+                server.addr,
+                &with,
+                "microservice2_tls_handshakes_total",
+                &failed,
+            ) >= 3.0
+        },
+    );
 }

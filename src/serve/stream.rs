@@ -1,0 +1,109 @@
+//! What a connection is carried on: a TCP socket, or a TLS session over one
+//! ([`TlsStream`], boxed so that a connection's task stays small until it has one). The fast
+//! path, hyper's paths and the socket faults are written once, over [`Stream`].
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::output::Output;
+
+/// A TLS session over a TCP socket, as the server accepted it.
+pub type TlsStream = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A connection's byte stream.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + 'static {
+    /// Writes what the connection takes now, without waiting: true when everything went,
+    /// onto the socket (a TLS session's records included).
+    fn write_now(&mut self, output: &mut Output) -> io::Result<bool>;
+
+    /// The TCP socket underneath, for what only it can do (a reset); a TLS session is
+    /// dropped without a `close_notify`, as a crashed peer would leave it.
+    fn into_tcp(self) -> TcpStream;
+
+    /// Ends the connection cleanly: a TLS session sends its `close_notify` first, given at
+    /// most `limit` to go out.
+    fn close(&mut self, limit: Duration) -> impl Future<Output = ()>;
+
+    /// Whether the handshake chose HTTP/2 (ALPN `h2`).
+    fn chose_h2(&self) -> bool;
+
+    /// Whether the client opens with the HTTP/2 preface (h2c with prior knowledge), read
+    /// ahead without consuming it. Over TLS, ALPN says it instead.
+    fn opens_with_preface(&self) -> impl Future<Output = bool>;
+}
+
+impl Stream for TcpStream {
+    #[inline]
+    fn write_now(&mut self, output: &mut Output) -> io::Result<bool> {
+        output.write_now(self)
+    }
+
+    fn into_tcp(self) -> TcpStream {
+        self
+    }
+
+    async fn close(&mut self, _limit: Duration) {}
+
+    fn chose_h2(&self) -> bool {
+        false
+    }
+
+    async fn opens_with_preface(&self) -> bool {
+        let mut buf = [0u8; H2_PREFACE_START.len()];
+        // A client that sends the preface in pieces gets a second; then it is taken as HTTP/1.
+        for _ in 0..1000 {
+            match self.peek(&mut buf).await {
+                Ok(n) if n == buf.len() => return buf[..] == *H2_PREFACE_START,
+                Ok(n) if n > 0 && H2_PREFACE_START.starts_with(&buf[..n]) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+}
+
+impl Stream for TlsStream {
+    fn write_now(&mut self, output: &mut Output) -> io::Result<bool> {
+        // A TLS session takes plaintext and holds the records it makes until the socket
+        // takes them: written means flushed too. A waker that does nothing: whoever waits
+        // afterwards polls again with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match output.poll_write(self, &mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(err)) => return Err(err),
+            Poll::Pending => return Ok(false),
+        }
+        match Pin::new(self).poll_flush(&mut cx) {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    fn into_tcp(self) -> TcpStream {
+        self.into_inner().0
+    }
+
+    async fn close(&mut self, limit: Duration) {
+        // `shutdown` sends close_notify, flushes, then shuts the socket's sending side.
+        let _ = tokio::time::timeout(limit, self.shutdown()).await;
+    }
+
+    fn chose_h2(&self) -> bool {
+        crate::tls::server::chose_h2(self.get_ref().1)
+    }
+
+    async fn opens_with_preface(&self) -> bool {
+        false
+    }
+}
+
+/// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
+pub(super) const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
