@@ -355,45 +355,13 @@ impl<S: Stream> Connection<'_, S> {
     async fn flush(&mut self, timer: Pin<&mut Sleep>) -> Result<bool, CloseReason> {
         match self.stream.write_now(&mut self.output) {
             Ok(true) => Ok(false),
-            Ok(false) => self.write_stalled(timer).await.map(|()| true),
+            Ok(false) => {
+                let limit = self.timeouts.write;
+                let stalled = self.output.write_stalled(&mut self.stream, timer, limit);
+                stalled.await.map(|()| true)
+            }
             Err(err) => Err(CloseReason::of_io(&err)),
         }
-    }
-
-    /// Waits until the socket takes the rest of the output; closes the connection when a
-    /// write makes no progress for the write timeout (a client that stopped reading). Uses
-    /// the connection's timer, which the caller re-arms afterwards.
-    async fn write_stalled(&mut self, mut timer: Pin<&mut Sleep>) -> Result<(), CloseReason> {
-        let limit = self.timeouts.write;
-        let mut progress_at = Instant::now();
-        timer.as_mut().reset(progress_at + limit);
-        std::future::poll_fn(|cx| {
-            let before = self.output.pending;
-            if let Poll::Ready(result) = self.output.poll_write(&mut self.stream, cx) {
-                // A TLS session then sends the records it holds; a socket holds none.
-                let flushed = match result {
-                    Ok(()) => Pin::new(&mut self.stream).poll_flush(cx),
-                    Err(err) => Poll::Ready(Err(err)),
-                };
-                if let Poll::Ready(result) = flushed {
-                    return Poll::Ready(result.map_err(|err| CloseReason::of_io(&err)));
-                }
-            }
-            if self.output.pending < before {
-                progress_at = Instant::now();
-            }
-            loop {
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let due = progress_at + limit;
-                if Instant::now() >= due {
-                    return Poll::Ready(Err(CloseReason::WriteTimeout));
-                }
-                timer.as_mut().reset(due);
-            }
-        })
-        .await
     }
 
     /// Records the avatar answers of a batch (gateway calls are recorded one by one), with

@@ -5,10 +5,14 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use crate::ops::metrics::CloseReason;
 
 /// Answers waiting to be written, as the shared buffers they were made as: pipelined answers
 /// are written together (one `writev`) without being copied into a buffer of the
@@ -95,6 +99,46 @@ impl Output {
             }
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Waits until `stream` takes the rest of the output (and, over TLS, the records made of
+    /// it); fails when a write makes no progress for `limit` (a client that stopped
+    /// reading). Uses the connection's timer, which the caller re-arms afterwards.
+    pub(super) async fn write_stalled<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        mut timer: Pin<&mut Sleep>,
+        limit: Duration,
+    ) -> Result<(), CloseReason> {
+        let mut progress_at = Instant::now();
+        timer.as_mut().reset(progress_at + limit);
+        std::future::poll_fn(|cx| {
+            let before = self.pending;
+            if let Poll::Ready(result) = self.poll_write(stream, cx) {
+                // A TLS session then sends the records it holds; a socket holds none.
+                let flushed = match result {
+                    Ok(()) => Pin::new(&mut *stream).poll_flush(cx),
+                    Err(err) => Poll::Ready(Err(err)),
+                };
+                if let Poll::Ready(result) = flushed {
+                    return Poll::Ready(result.map_err(|err| CloseReason::of_io(&err)));
+                }
+            }
+            if self.pending < before {
+                progress_at = Instant::now();
+            }
+            loop {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let due = progress_at + limit;
+                if Instant::now() >= due {
+                    return Poll::Ready(Err(CloseReason::WriteTimeout));
+                }
+                timer.as_mut().reset(due);
+            }
+        })
+        .await
     }
 
     /// Fills `slices` with the pending answers in order; returns how many it used.

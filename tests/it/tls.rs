@@ -532,3 +532,208 @@ fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
         },
     );
 }
+
+/// Replaces the files of `target` with those of `source` the way a Secret update does: each
+/// written aside, then renamed over the old one.
+fn replace_pair(target: &Pair, source: &Pair) {
+    for (from, to) in [(&source.cert, &target.cert), (&source.key, &target.key)] {
+        let aside = to.with_extension("new");
+        std::fs::copy(from, &aside).expect("copy");
+        std::fs::rename(&aside, to).expect("rename");
+    }
+}
+
+/// The DER of the certificate a new session to `addr` is shown.
+fn served_certificate(addr: SocketAddr, config: &Arc<ClientConfig>) -> Vec<u8> {
+    let tls = tls_connect(addr, config).expect("a TLS session");
+    tls.conn.peer_certificates().expect("the server's chain")[0].to_vec()
+}
+
+#[test]
+fn sighup_and_changed_files_reload_the_certificate_for_new_connections_only() {
+    let pki = Pki::new("reload");
+    let live = pki.server("live", Alg::Ecdsa, 1);
+    let second = pki.server("second", Alg::Rsa, 2);
+    let mismatched = pki.server("mismatched", Alg::Ecdsa, 3);
+    let fourth = pki.server("fourth", Alg::Ed25519, 4);
+    let mut server = tls_server(&live, &[]);
+    let logs = server.tail_logs();
+    let ca = pki.ca();
+    let config = client_config(&pki, None, &["http/1.1"]);
+    assert_eq!(served_serial(server.addr, &ca), "serial=01");
+    let mut old = https(server.addr, &config);
+    old.send(GET);
+    assert_eq!(old.read_response(false).status, 200);
+    let first_der = chain(&live.cert)[0].to_vec();
+
+    // New files and SIGHUP: new connections see serial 2, the open one carries on.
+    replace_pair(&live, &second);
+    server.signal("HUP");
+    wait_until(
+        "the new certificate is served",
+        Duration::from_secs(10),
+        || served_serial(server.addr, &ca) == "serial=02",
+    );
+    old.send(GET);
+    assert_eq!(old.read_response(false).status, 200);
+    assert_eq!(
+        old.stream().conn.peer_certificates().expect("chain")[0].to_vec(),
+        first_der
+    );
+    let reloads = |result| {
+        tls_metric(
+            server.addr,
+            &config,
+            "microservice2_tls_reloads_total",
+            &[("result", result)],
+        )
+    };
+    assert!(reloads("ok") >= 1.0);
+
+    // A key that is not the certificate's: logged, counted, and the old pair stays.
+    let bad = Pair {
+        cert: mismatched.cert.clone(),
+        key: second.key.clone(),
+    };
+    replace_pair(&live, &bad);
+    server.signal("HUP");
+    wait_until("the bad pair is logged", Duration::from_secs(10), || {
+        logs.contains("TLS certificate not reloaded")
+    });
+    assert!(reloads("failed") >= 1.0);
+    assert_eq!(served_serial(server.addr, &ca), "serial=02");
+
+    // Files changed with no signal (a mounted Secret rotated): picked up by the watch.
+    replace_pair(&live, &fourth);
+    wait_until(
+        "the rotated files are served",
+        Duration::from_secs(10),
+        || served_certificate(server.addr, &config) == chain(&fourth.cert)[0].to_vec(),
+    );
+    old.send(GET);
+    assert_eq!(old.read_response(false).status, 200);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let text = logs.finish();
+    assert!(text.contains("cause=\"SIGHUP\""), "{text}");
+    assert!(text.contains("cause=\"the files changed\""), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+/// Sends `request` with a behaviour header on a fresh session and reads until the
+/// connection ends: the bytes, and how it ended.
+fn ending(
+    addr: SocketAddr,
+    config: &Arc<ClientConfig>,
+    behaviour: &str,
+) -> (Vec<u8>, std::io::Result<usize>) {
+    let mut tls = tls_connect(addr, config).expect("a TLS session");
+    let request =
+        format!("GET /v1/avatar HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: {behaviour}\r\n\r\n");
+    tls.write_all(request.as_bytes()).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return (got, Ok(0)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) => return (got, Err(err)),
+        }
+    }
+}
+
+#[test]
+fn faults_end_tls_connections_as_a_crashed_server_would_and_shutdown_says_goodbye() {
+    let pki = Pki::new("faults");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let mut server = tls_server(&pair, &[]);
+    let config = client_config(&pki, None, &["http/1.1"]);
+    // An injected status is an ordinary answer.
+    let mut client = https(server.addr, &config);
+    client.send(b"GET /v1/avatar?status=503 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 503);
+    // reset: a TCP RST.
+    let (got, end) = ending(server.addr, &config, "fault=reset");
+    assert!(got.is_empty());
+    assert_eq!(
+        end.expect_err("a reset").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
+    // close: the socket ends without close_notify, which rustls reports as an unexpected end.
+    let (got, end) = ending(server.addr, &config, "fault=close");
+    assert!(got.is_empty());
+    assert_eq!(
+        end.expect_err("no close_notify").kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+    // truncate: part of the answer, then the same.
+    let (got, end) = ending(server.addr, &config, "fault=truncate");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(got.len() < 3696, "{}", got.len());
+    assert_eq!(
+        end.expect_err("no close_notify").kind(),
+        std::io::ErrorKind::UnexpectedEof
+    );
+    let faults = tls_metric(
+        server.addr,
+        &config,
+        "microservice2_faults_injected_total",
+        &[],
+    );
+    assert_eq!(faults, 3.0);
+    // Graceful shutdown closes an idle keep-alive session with close_notify: a clean end.
+    let mut idle = https(server.addr, &config);
+    idle.send(GET);
+    assert_eq!(idle.read_response(false).status, 200);
+    server.signal("TERM");
+    let mut byte = [0u8; 1];
+    assert_eq!(idle.stream().read(&mut byte).expect("a clean end"), 0);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn the_admin_port_and_the_gateway_serve_tls_too() {
+    let pki = Pki::new("admin-gateway");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let (cert, key) = (
+        pair.cert.to_str().expect("utf-8"),
+        pair.key.to_str().expect("utf-8"),
+    );
+    let config = client_config(&pki, None, &["http/1.1"]);
+    let server = crate::support::spawn(crate::support::config(&[
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--admin-port",
+        "0",
+    ]));
+    let admin = server.admin.expect("an admin port");
+    let mut probe = https(admin, &config);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        probe.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(probe.read_response(false).status, 200, "{path}");
+    }
+    // The gateway reads its own TLS settings from M1_*, and calls a cleartext upstream.
+    let upstream = ChildServer::start(&[]);
+    let mut command = binary(&[
+        "gateway",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+    ]);
+    command
+        .env("M1_TLS_CERT", cert)
+        .env("M1_TLS_KEY", key)
+        .env("M2_URL", format!("http://{}/v1/avatar", upstream.addr));
+    let gateway = ChildServer::start_command(command, Stdio::inherit());
+    let mut caller = https(gateway.addr, &config);
+    caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+    let answer = caller.read_response(false);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body.len(), 3696);
+}
