@@ -305,10 +305,16 @@ fn curl_gets_the_avatars_over_https_and_http2_without_the_http2_flag() {
 
 /// What `openssl s_client` says of a session with `addr` offering `alpn`: its output.
 fn s_client(addr: SocketAddr, ca: &Path, alpn: &str) -> String {
+    s_client_with(addr, ca, &["-alpn", alpn])
+}
+
+/// What `openssl s_client` with `extra` flags says of a session with `addr`: its output.
+fn s_client_with(addr: SocketAddr, ca: &Path, extra: &[&str]) -> String {
     let output = Command::new("openssl")
         .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
         .arg(ca)
-        .args(["-alpn", alpn, "-showcerts"])
+        .args(extra)
+        .arg("-showcerts")
         .stdin(Stdio::null())
         .output()
         .expect("run openssl (installed by .ci/run when missing)");
@@ -346,6 +352,16 @@ fn alpn_offers_h2_then_http1_and_follows_tls_alpn() {
     let http1 = s_client(default.addr, &ca, "http/1.1");
     assert!(http1.contains("ALPN protocol: http/1.1"), "{http1}");
     assert_eq!(served_serial(default.addr, &ca), "serial=07");
+    // TLS 1.2 as well as 1.3.
+    for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let session = s_client_with(default.addr, &ca, &[flag]);
+        assert!(
+            session.contains(&format!("Protocol  : {version}"))
+                || session.contains(&format!("New, {version}")),
+            "{session}"
+        );
+        assert!(session.contains("Verify return code: 0 (ok)"), "{session}");
+    }
     let only_http1 = tls_server(&pair, &["--tls-alpn", "http/1.1"]);
     let chosen = s_client(only_http1.addr, &ca, "h2,http/1.1");
     assert!(chosen.contains("ALPN protocol: http/1.1"), "{chosen}");
