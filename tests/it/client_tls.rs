@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::certs::{Alg, Pair, Pki};
 use crate::support::{RawResponse, TestServer, binary, config, spawn, tcp_sockets, wait_until};
+use crate::tls::exits_2_naming;
 
 /// How long a test waits for a state.
 const WAIT: Duration = Duration::from_secs(5);
@@ -24,18 +25,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const REPLY: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n[{\"x\":1}]";
 
-macro_rules! with_each_client {
-    ($($test:ident),* $(,)?) => {
-        mod hyper_util {
-            $(#[test] fn $test() { super::$test("hyper-util") })*
-        }
-        mod lean {
-            $(#[test] fn $test() { super::$test("lean") })*
-        }
-    };
-}
-
-with_each_client!(
+crate::gateway::with_each_client!(
     an_https_upstream_is_called_over_pooled_tls_connections_verified_by_its_name,
     a_certificate_from_another_ca_is_a_502_connect_error,
     upstream_insecure_accepts_an_unknown_ca,
@@ -135,6 +125,30 @@ fn tls_upstream(config: Arc<ServerConfig>, after: After) -> (SocketAddr, Arc<See
     (addr, seen)
 }
 
+/// An HTTPS upstream with an `alg` certificate from a fresh test CA (`name`), which it
+/// requires client certificates from when `mutual`.
+struct Upstream {
+    pki: Pki,
+    addr: SocketAddr,
+    seen: Arc<Seen>,
+    /// `https://localhost:PORT/`.
+    url: String,
+}
+
+fn upstream(name: &str, alg: Alg, mutual: bool, after: After) -> Upstream {
+    let pki = Pki::new(name);
+    let client_ca = mutual.then(|| pki.ca());
+    let config = server_config(&pki.server("server", alg, 1), client_ca.as_deref());
+    let (addr, seen) = tls_upstream(config, after);
+    let url = format!("https://localhost:{}/", addr.port());
+    Upstream {
+        pki,
+        addr,
+        seen,
+        url,
+    }
+}
+
 /// Answers each request head on `tls` until the client closes it (or, after a close_notify,
 /// holds the connection until then).
 async fn answer_requests(
@@ -202,11 +216,9 @@ fn delivered(upstream: SocketAddr) -> bool {
 }
 
 fn an_https_upstream_is_called_over_pooled_tls_connections_verified_by_its_name(client: &str) {
-    let pki = Pki::new("pooled");
-    let (addr, seen) = tls_upstream(
-        server_config(&pki.server("server", Alg::Ecdsa, 1), None),
-        After::Nothing,
-    );
+    let Upstream {
+        pki, addr, seen, ..
+    } = upstream("pooled", Alg::Ecdsa, false, After::Nothing);
     let ca = pki.ca();
     // By name (sent as SNI) and by IP address (verified against the certificate's IP
     // addresses; no SNI).
@@ -230,12 +242,8 @@ fn an_https_upstream_is_called_over_pooled_tls_connections_verified_by_its_name(
 }
 
 fn a_certificate_from_another_ca_is_a_502_connect_error(client: &str) {
-    let (pki, other) = (Pki::new("right"), Pki::new("wrong"));
-    let (addr, seen) = tls_upstream(
-        server_config(&pki.server("server", Alg::Ecdsa, 1), None),
-        After::Nothing,
-    );
-    let url = format!("https://localhost:{}/", addr.port());
+    let other = Pki::new("wrong");
+    let Upstream { seen, url, .. } = upstream("right", Alg::Ecdsa, false, After::Nothing);
     let gateway = gateway(
         client,
         std::slice::from_ref(&url),
@@ -260,23 +268,13 @@ fn a_certificate_from_another_ca_is_a_502_connect_error(client: &str) {
 }
 
 fn upstream_insecure_accepts_an_unknown_ca(client: &str) {
-    let pki = Pki::new("unknown");
-    let (addr, _) = tls_upstream(
-        server_config(&pki.server("server", Alg::Rsa, 1), None),
-        After::Nothing,
-    );
-    let url = format!("https://localhost:{}/", addr.port());
+    let Upstream { url, .. } = upstream("unknown", Alg::Rsa, false, After::Nothing);
     let gateway = gateway(client, &[url], &["--upstream-insecure"]);
     assert_eq!(gateway.get("/v1/user").status, 200);
 }
 
 fn a_client_certificate_is_presented_to_an_upstream_that_requires_one(client: &str) {
-    let pki = Pki::new("mutual");
-    let (addr, seen) = tls_upstream(
-        server_config(&pki.server("server", Alg::Ecdsa, 1), Some(&pki.ca())),
-        After::Nothing,
-    );
-    let url = format!("https://localhost:{}/", addr.port());
+    let Upstream { pki, seen, url, .. } = upstream("mutual", Alg::Ecdsa, true, After::Nothing);
     let ca = pki.ca();
     let identity = pki.client("gateway", 2);
     let with = gateway(
@@ -306,14 +304,10 @@ fn a_client_certificate_is_presented_to_an_upstream_that_requires_one(client: &s
 }
 
 fn http_and_https_upstreams_mix_in_a_fan_out(client: &str) {
-    let pki = Pki::new("fan-out");
-    let (addr, _) = tls_upstream(
-        server_config(&pki.server("server", Alg::Ed25519, 1), None),
-        After::Nothing,
-    );
+    let Upstream { pki, url, .. } = upstream("fan-out", Alg::Ed25519, false, After::Nothing);
     let plain = spawn(config(&[]));
     let upstreams = [
-        format!("https://localhost:{}/a", addr.port()),
+        format!("{url}a"),
         format!("http://{}/v1/avatar?count=1", plain.addr),
     ];
     let gateway = gateway(client, &upstreams, &["--upstream-ca", path(&pki.ca())]);
@@ -328,12 +322,12 @@ fn http_and_https_upstreams_mix_in_a_fan_out(client: &str) {
 
 /// Three calls, each once what the upstream does after its answer has reached the gateway.
 fn three_calls_with_the_upstream_doing(client: &str, after: After) -> usize {
-    let pki = Pki::new("idle");
-    let (addr, seen) = tls_upstream(
-        server_config(&pki.server("server", Alg::Ecdsa, 1), None),
-        after,
-    );
-    let url = format!("https://localhost:{}/", addr.port());
+    let Upstream {
+        pki,
+        addr,
+        seen,
+        url,
+    } = upstream("idle", Alg::Ecdsa, false, after);
     let gateway = gateway(client, &[url], &["--upstream-ca", path(&pki.ca())]);
     let mut caller = gateway.connect();
     for call in 1..=3 {
@@ -362,12 +356,7 @@ fn a_close_notify_on_an_idle_connection_retires_it_unseen(client: &str) {
 }
 
 fn new_connections_resume_the_workers_tls_sessions(client: &str) {
-    let pki = Pki::new("resume");
-    let (addr, seen) = tls_upstream(
-        server_config(&pki.server("server", Alg::Ecdsa, 1), None),
-        After::Nothing,
-    );
-    let url = format!("https://localhost:{}/", addr.port());
+    let Upstream { pki, seen, url, .. } = upstream("resume", Alg::Ecdsa, false, After::Nothing);
     let gateway = gateway(
         client,
         &[url],
@@ -379,19 +368,6 @@ fn new_connections_resume_the_workers_tls_sessions(client: &str) {
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
     // The first handshake is full; the session tickets it left resume the others.
     assert_eq!(seen.resumed.load(Ordering::SeqCst), 3);
-}
-
-/// Runs the binary with `args` and `env`, asserting it exits 2 with one line naming `needle`.
-fn exits_2_naming(args: &[&str], env: &[(&str, &str)], needle: &str) {
-    let output = binary(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the binary");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: {stderr}");
-    assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -475,20 +451,10 @@ fn every_bad_upstream_tls_setting_exits_2_naming_its_flag() {
 
 #[test]
 fn upstream_insecure_is_warned_about_at_start() {
-    let command = binary(&[
-        "gateway",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "1",
-        "--upstream",
-        "https://127.0.0.1:1/",
-        "--upstream-insecure",
-    ]);
-    let mut server =
-        crate::support::ChildServer::start_command(command, std::process::Stdio::piped());
+    let mut server = crate::support::ChildServer::gateway_with(
+        &["--upstream", "https://127.0.0.1:1/", "--upstream-insecure"],
+        std::process::Stdio::piped(),
+    );
     let _ = server.child.kill();
     let _ = server.child.wait();
     let logs = server.logs();
@@ -513,11 +479,7 @@ fn healthcheck(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn healthcheck_checks_https_urls_against_its_ca_or_none() {
-    let pki = Pki::new("healthcheck");
-    let (addr, _) = tls_upstream(
-        server_config(&pki.server("server", Alg::Ecdsa, 1), None),
-        After::Nothing,
-    );
+    let Upstream { pki, addr, .. } = upstream("healthcheck", Alg::Ecdsa, false, After::Nothing);
     let url = format!("https://{addr}/healthz");
     let ca = pki.ca();
     assert_eq!(healthcheck(&[&url, "--ca", path(&ca)], &[]).0, Some(0));
