@@ -25,7 +25,7 @@ use crate::tls::{PemFile, ServerSettings, ServerTls, TlsError};
 use cli::ServeArgs;
 pub use cli::{HEALTHZ, METRICS, READYZ, RESERVED_PATHS};
 use env::{Binding, Env, ProcessEnv};
-pub use gateway::{ClientKind, GatewayConfig, UPSTREAM_ALPN, Upstream, UpstreamTls};
+pub use gateway::{ClientKind, GatewayConfig, Upstream, UpstreamTls};
 
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]

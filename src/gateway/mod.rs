@@ -284,7 +284,7 @@ impl Gateway {
 }
 
 /// A TLS configuration for a connector that will never make a TLS connection: no roots, so
-/// it would verify nothing were it asked to.
+/// it would trust no server were it asked to.
 fn unused_tls_config() -> Arc<rustls::ClientConfig> {
     let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
