@@ -22,12 +22,7 @@ fn main() -> ExitCode {
         .nth(1)
         .is_some_and(|arg| arg == "healthcheck")
     {
-        let urls: Vec<_> = std::env::args_os().skip(2).collect();
-        if urls.len() > 1 {
-            eprintln!("microservice2: healthcheck takes at most one URL");
-            return ExitCode::from(2);
-        }
-        return healthcheck(urls.into_iter().next());
+        return healthcheck();
     }
     let config = match Config::from_args(std::env::args_os()) {
         Ok(config) => config,
@@ -53,15 +48,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `microservice2 healthcheck [URL]`: 0 when the URL answers 200, 1 when it does not, 2 for
-/// a bad URL.
-fn healthcheck(url: Option<std::ffi::OsString>) -> ExitCode {
-    let url = url.map_or_else(healthcheck::default_url, |url| {
-        url.to_string_lossy().into_owned()
-    });
-    match healthcheck::check(&url) {
+/// `microservice2 healthcheck [--ca PATH] [--insecure] [URL]`: 0 when the URL answers 200,
+/// 1 when it does not, 2 for a bad URL or flag.
+fn healthcheck() -> ExitCode {
+    match healthcheck::run(std::env::args_os().skip(2)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err @ healthcheck::CheckError::Url { .. }) => {
+        Err(healthcheck::CheckError::Info(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err @ healthcheck::CheckError::Invalid(_)) => {
             eprintln!("microservice2: {err}");
             ExitCode::from(2)
         }
@@ -112,6 +108,11 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             let urls: Vec<&str> = gateway.upstreams.iter().map(|u| u.url.as_str()).collect();
             urls.join(",")
         });
+        let insecure_upstreams = config
+            .gateway
+            .as_ref()
+            .and_then(|gateway| gateway.tls.as_ref())
+            .is_some_and(|tls| tls.settings.insecure);
         let server = Server::bind(config)?;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -124,6 +125,11 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             "microservice2 started"
         );
         tracing::debug!(config = %summary, "configuration");
+        if insecure_upstreams {
+            tracing::warn!(
+                "--upstream-insecure: https upstreams' certificates are not verified; anyone on the path can read and change the calls"
+            );
+        }
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{}", server.listening_line())?;
         stdout.flush()?;

@@ -2,14 +2,21 @@
 //! variables (in gateway mode the `M2_*` ones describe the upstream), plus whom to call and
 //! how to fail; and the resolved [`GatewayConfig`].
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Command, CommandFactory};
 use hyper::Uri;
+use rustls::pki_types::ServerName;
 
 use super::cli::{DEFAULT_PATH, DEFAULT_PORT, ServeArgs, parse_positive_duration};
 use super::size::parse_size;
 use crate::time::parse_duration;
+use crate::tls::{ClientSettings, PemFile, TlsError, client_config};
+
+/// The one protocol the gateway offers `https://` upstreams by ALPN: it speaks HTTP/1.1.
+pub const UPSTREAM_ALPN: &[&[u8]] = &[b"http/1.1"];
 
 /// The suite's microservice 1 listens on 8080 and serves `/v1/user`.
 const GATEWAY_PORT: &str = "8080";
@@ -109,6 +116,22 @@ pub(crate) struct GatewayArgs {
     /// Refuse (502) an upstream answer whose body is larger than this: bytes, or with KiB, MiB, GiB, kB, MB, GB.
     #[arg(long, env = "M1_MAX_UPSTREAM_BODY", value_name = "SIZE", default_value = "16MiB", value_parser = parse_size)]
     max_upstream_body: usize,
+
+    /// PEM CA certificates that sign https:// upstreams' certificates [default: the system's roots].
+    #[arg(long, env = "M1_UPSTREAM_CA", value_name = "PATH")]
+    upstream_ca: Option<PathBuf>,
+
+    /// PEM certificate chain presented to https:// upstreams that ask for one (mutual TLS); needs --upstream-client-key.
+    #[arg(long, env = "M1_UPSTREAM_CLIENT_CERT", value_name = "PATH")]
+    upstream_client_cert: Option<PathBuf>,
+
+    /// The PEM private key of --upstream-client-cert.
+    #[arg(long, env = "M1_UPSTREAM_CLIENT_KEY", value_name = "PATH")]
+    upstream_client_key: Option<PathBuf>,
+
+    /// Accept any certificate from https:// upstreams (no verification; for tests only).
+    #[arg(long, env = "M1_UPSTREAM_INSECURE")]
+    upstream_insecure: bool,
 }
 
 /// The HTTP/1.1 client the gateway calls its upstreams with.
@@ -133,6 +156,34 @@ pub struct GatewayConfig {
     pub client: ClientKind,
     /// `--max-upstream-body`, in bytes.
     pub max_upstream_body: usize,
+    /// How `https://` upstreams are called: set when one is, or when a TLS flag is given.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `--upstream-ca` and the rest, loaded once when the configuration is resolved: each worker
+/// makes its client from [`UpstreamTls::config`].
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub settings: ClientSettings,
+    /// Offers HTTP/1.1 by ALPN ([`UPSTREAM_ALPN`]).
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for UpstreamTls {
+    /// The same settings load the same configuration.
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings
+    }
+}
+
+impl UpstreamTls {
+    /// A worker's own client configuration: the loaded one, with a session cache of its own,
+    /// shared by the worker's connections (for resumed handshakes), not by other workers.
+    pub fn for_worker(&self) -> Arc<rustls::ClientConfig> {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::default();
+        Arc::new(config)
+    }
 }
 
 /// One upstream: the URL as given and as parsed.
@@ -143,8 +194,12 @@ pub struct Upstream {
 }
 
 impl GatewayArgs {
-    /// The resolved settings: the upstream from `--upstream`, else built from its parts.
-    pub(crate) fn resolve(self) -> Result<GatewayConfig, String> {
+    /// The resolved settings: the upstream from `--upstream`, else built from its parts, and
+    /// the TLS files loaded; `tls_line` words a TLS error (naming its variable).
+    pub(crate) fn resolve(
+        self,
+        tls_line: impl Fn(&TlsError) -> String,
+    ) -> Result<GatewayConfig, String> {
         let upstreams = if self.upstreams.is_empty() {
             let domain = self.upstream_domain.trim_end_matches('/');
             let domain = if domain.contains("://") {
@@ -160,8 +215,11 @@ impl GatewayArgs {
             })?;
             vec![upstream]
         } else {
-            self.upstreams
+            self.upstreams.clone()
         };
+        let tls = self
+            .upstream_tls(&upstreams)
+            .map_err(|err| tls_line(&err))?;
         Ok(GatewayConfig {
             upstreams,
             timeout: self.timeout,
@@ -171,7 +229,48 @@ impl GatewayArgs {
             forward_behaviour: self.forward_behaviour,
             client: self.client,
             max_upstream_body: self.max_upstream_body,
+            tls,
         })
+    }
+
+    /// The client TLS settings, loaded as the workers will load them, when an upstream is
+    /// `https://` or a TLS flag is given (so a bad file is an error either way).
+    fn upstream_tls(&self, upstreams: &[Upstream]) -> Result<Option<UpstreamTls>, TlsError> {
+        let identity = match (&self.upstream_client_cert, &self.upstream_client_key) {
+            (Some(cert), Some(key)) => Some((
+                PemFile::new("--upstream-client-cert", cert),
+                PemFile::new("--upstream-client-key", key),
+            )),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(TlsError::new(
+                    "--upstream-client-key",
+                    "is needed with --upstream-client-cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(TlsError::new(
+                    "--upstream-client-cert",
+                    "is needed with --upstream-client-key",
+                ));
+            }
+        };
+        let settings = ClientSettings {
+            ca: self
+                .upstream_ca
+                .as_ref()
+                .map(|ca| PemFile::new("--upstream-ca", ca)),
+            identity,
+            insecure: self.upstream_insecure,
+        };
+        let https = upstreams
+            .iter()
+            .any(|u| u.uri.scheme_str() == Some("https"));
+        if !https && settings == ClientSettings::default() {
+            return Ok(None);
+        }
+        let config = client_config(&settings, UPSTREAM_ALPN)?;
+        Ok(Some(UpstreamTls { settings, config }))
     }
 }
 
@@ -180,10 +279,10 @@ fn parse_upstream(value: &str) -> Result<Upstream, String> {
         format!("not a URL ({err}); expected e.g. http://127.0.0.1:3000/v1/avatar")
     })?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(format!(
-                "only http:// upstreams are supported, not {other}://"
+                "only http:// and https:// upstreams are supported, not {other}://"
             ));
         }
         None => {
@@ -192,8 +291,16 @@ fn parse_upstream(value: &str) -> Result<Upstream, String> {
             );
         }
     }
-    if uri.host().is_none_or(str::is_empty) {
+    let Some(host) = uri.host().filter(|host| !host.is_empty()) else {
         return Err("the URL names no host".to_owned());
+    };
+    // The name an https:// upstream's certificate is verified against (an IP literal
+    // against its IP addresses).
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if uri.scheme_str() == Some("https") && ServerName::try_from(bare).is_err() {
+        return Err(format!(
+            "'{host}' is not a name a certificate can be verified for"
+        ));
     }
     Ok(Upstream {
         url: value.to_owned(),

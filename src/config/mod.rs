@@ -25,7 +25,7 @@ use crate::tls::{PemFile, ServerSettings, ServerTls, TlsError};
 use cli::ServeArgs;
 pub use cli::{HEALTHZ, METRICS, READYZ, RESERVED_PATHS};
 use env::{Binding, Env, ProcessEnv};
-pub use gateway::{ClientKind, GatewayConfig, Upstream};
+pub use gateway::{ClientKind, GatewayConfig, Upstream, UpstreamTls};
 
 /// How log lines are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -166,14 +166,13 @@ impl Config {
         let parsed = ServeArgs::from_arg_matches(&matches).map_err(invalid)?;
         let gateway = if is_gateway {
             let args = gateway::GatewayArgs::from_arg_matches(&matches).map_err(invalid)?;
-            Some(args.resolve().map_err(ConfigError::Invalid)?)
+            let resolved = args.resolve(|err| tls_line(err, &bindings));
+            Some(resolved.map_err(ConfigError::Invalid)?)
         } else {
             None
         };
-        let tls = tls_settings(&parsed).map_err(|err| {
-            let var = env::var_of(err.flag, &bindings).unwrap_or_default();
-            ConfigError::Invalid(format!("{} {err} (flag or env {var})", err.flag))
-        })?;
+        let tls =
+            tls_settings(&parsed).map_err(|err| ConfigError::Invalid(tls_line(&err, &bindings)))?;
         let behaviour_var = env::var_of("--behaviour", &bindings).unwrap_or_default();
         Config::resolve(parsed, tls, gateway).map_err(|(text, err)| {
             ConfigError::Invalid(format!(
@@ -318,6 +317,12 @@ fn tls_settings(args: &ServeArgs) -> Result<Option<ServerSettings>, TlsError> {
     };
     ServerTls::new(&settings)?;
     Ok(Some(settings))
+}
+
+/// A TLS setting's error as one line naming its flag and variable.
+fn tls_line(err: &TlsError, bindings: &[Binding]) -> String {
+    let var = env::var_of(err.flag, bindings).unwrap_or_default();
+    format!("{} {err} (flag or env {var})", err.flag)
 }
 
 /// Reduces a clap error to one line, adding the environment variable behind the flag when

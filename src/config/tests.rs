@@ -232,8 +232,8 @@ fn gateway_settings_are_named_with_their_m1_or_m2_variables() {
         (&["gateway", "--path", "v1"][..], &["--path", "M1_PATH"][..]),
         (&["gateway", "--upstream-port", "x"][..], &["M2_PORT"][..]),
         (
-            &["gateway", "--upstream", "https://a/"][..],
-            &["--upstream", "https"][..],
+            &["gateway", "--upstream", "ftp://a/"][..],
+            &["--upstream", "ftp"][..],
         ),
         (
             &["gateway", "--upstream", "/v1/avatar"][..],
@@ -329,4 +329,22 @@ fn the_new_limits_have_their_defaults() {
     assert_eq!(gateway.map(|g| g.max_upstream_body), Some(16 << 20));
     let faster = parse(&["gateway", "--behaviour", "rate=1MiB"]).expect("16 s of 16 MiB");
     assert_eq!(faster.profile.rate, Some(1 << 20));
+}
+
+#[test]
+fn https_upstreams_load_client_tls_and_plain_ones_need_none() {
+    let plain = parse(&["gateway"]).expect("defaults").gateway;
+    assert!(plain.and_then(|g| g.tls).is_none());
+    let config = parse(&["gateway", "--upstream", "https://m2/v1/avatar,http://m3/"])
+        .expect("mixed upstreams");
+    let gateway = config.gateway.expect("gateway mode");
+    let tls = gateway.tls.expect("loaded for the https upstream");
+    assert_eq!(tls.settings, crate::tls::ClientSettings::default());
+    assert_eq!(tls.config.alpn_protocols, [b"http/1.1".to_vec()]);
+    let insecure = parse(&["gateway", "--upstream-insecure"]).expect("a switch");
+    let tls = insecure
+        .gateway
+        .and_then(|g| g.tls)
+        .expect("a TLS flag loads it");
+    assert!(tls.settings.insecure);
 }

@@ -7,7 +7,8 @@ use hyper::StatusCode;
 /// Why an attempt got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// No connection: refused, unreachable, name not resolved.
+    /// No connection: refused, unreachable, name not resolved, or no TLS session (a
+    /// certificate refused either way, whenever the refusal arrives).
     Connect,
     /// No whole answer within `--timeout`.
     Timeout,
@@ -79,6 +80,19 @@ impl UpstreamError {
         UpstreamError::new(Kind::Closed, cause)
     }
 
+    /// A connection that failed under a request: closed, or (a TLS error) refused the
+    /// session. TLS 1.3 ends the client's handshake before the server checks its
+    /// certificate, so a refused one arrives as the answer; under TLS 1.2 it fails the
+    /// handshake: a connect error either way.
+    pub(crate) fn broken(err: std::io::Error) -> UpstreamError {
+        let kind = if is_tls(&err) {
+            Kind::Connect
+        } else {
+            Kind::Closed
+        };
+        UpstreamError::new(kind, err)
+    }
+
     pub(crate) fn malformed(cause: impl ToString) -> UpstreamError {
         UpstreamError::new(Kind::Malformed, cause)
     }
@@ -87,6 +101,12 @@ impl UpstreamError {
         let cause = format!("body over {limit} bytes (--max-upstream-body)");
         UpstreamError::new(Kind::TooLarge, cause)
     }
+}
+
+/// Whether `err` is rustls's: the TLS session failed, not the HTTP on it.
+pub(crate) fn is_tls(err: &std::io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// How one attempt ended: an answer with its status, or a failure.

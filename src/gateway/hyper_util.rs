@@ -3,21 +3,18 @@
 
 use std::fmt::Write as _;
 
-use ::hyper_util::client::legacy::Client;
-use ::hyper_util::client::legacy::connect::HttpConnector;
-use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, Uri};
 
-use super::Forward;
-use super::error::{Kind, UpstreamError};
+use super::error::{Kind, UpstreamError, is_tls};
 use super::lean::Response as Reply;
+use super::{Forward, HyperUtilClient};
 
 /// One request through hyper-util's pooled client, its body read whole: refused at once when
 /// its declared length is over `max_body`, else the moment it passes it.
 pub(super) async fn call(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &HyperUtilClient,
     uri: &Uri,
     host: &HeaderValue,
     forward: &Forward,
@@ -72,14 +69,18 @@ fn error_of(err: &(dyn std::error::Error + 'static), connect: bool) -> UpstreamE
             }
         }
         // hyper reports a body it cannot decode (a bad chunk size line, say) as an I/O
-        // error of kind invalid input or data.
-        let undecodable = err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        // error of kind invalid input or data; rustls's errors are of kind invalid data too,
+        // and are a failed TLS session (see `UpstreamError::broken`).
+        let io = err.downcast_ref::<std::io::Error>();
+        if io.is_some_and(is_tls) {
+            kind = Kind::Connect;
+        } else if io.is_some_and(|io| {
             matches!(
                 io.kind(),
                 std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
             )
-        });
-        if undecodable && !connect {
+        }) && !connect
+        {
             kind = Kind::Malformed;
         }
         // The client's own wrapper says only "client error (Kind)": skip it.

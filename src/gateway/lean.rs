@@ -1,21 +1,27 @@
 //! The gateway's lean HTTP/1.1 client (`--client lean`): one worker's idle keep-alive
-//! connections per upstream, requests written as prepared bytes, answers read by one task with
-//! no channel between it and the connection. It reads what the gateway needs (status, content
-//! type, a body framed by `content-length`, chunked coding or the connection's end) and says
-//! why when it cannot.
+//! connections per upstream, plain or TLS, requests written as prepared bytes, answers read by
+//! one task with no channel between it and the connection. It reads what the gateway needs
+//! (status, content type, a body framed by `content-length`, chunked coding or the
+//! connection's end) and says why when it cannot.
 
 use std::cell::RefCell;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use hyper::header::HeaderValue;
 use hyper::{StatusCode, Uri};
+use rustls::pki_types::ServerName;
 
 use super::error::{Kind, UpstreamError};
 use super::wire::{Framing, MAX_CHUNK_LINE, MAX_HEAD, chunk_size, parse_head};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 4 * 1024;
@@ -28,39 +34,105 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// Where to connect: `host:port` as the resolver takes it.
+/// Where to connect: `host:port` as the resolver takes it, and for `https://` the name the
+/// server's certificate is verified against.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,
+    /// `https://`: the host as a name (an IP literal as an address).
+    pub tls: Option<ServerName<'static>>,
 }
 
 impl Target {
-    /// The host (an IPv6 address without its brackets) and port (80 when unsaid) of an
-    /// `http://` URI; `None` when it names no host.
+    /// The host (an IPv6 address without its brackets) and port (80, or 443 for `https://`,
+    /// when unsaid) of a URI; `None` when it names no host, or an `https://` host that is no
+    /// server name.
     pub fn of(uri: &Uri) -> Option<Target> {
         let host = uri.host().filter(|host| !host.is_empty())?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(ServerName::try_from(host).ok()?.to_owned()),
+            _ => None,
+        };
         Some(Target {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port: uri.port_u16().unwrap_or(80),
+            host: host.to_owned(),
+            port: uri
+                .port_u16()
+                .unwrap_or(if tls.is_some() { 443 } else { 80 }),
+            tls,
         })
     }
 }
 
+/// A connection to an upstream: TCP, or TLS over it (boxed: rustls's state is kilobytes).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buffer: BytesMut,
 }
 
 /// One worker's idle connections, a list per upstream (by index), at most `max_idle` each;
-/// no answer's body may be larger than `max_body`.
+/// no answer's body may be larger than `max_body`. `https://` upstreams are reached with
+/// `tls`, whose session cache resumes the worker's later handshakes.
 pub struct Pool {
     idle: RefCell<Vec<Vec<Connection>>>,
     max_idle: usize,
     max_body: usize,
+    tls: Option<TlsConnector>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -75,11 +147,17 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(upstreams: usize, max_idle: usize, max_body: usize) -> Pool {
+    pub fn new(
+        upstreams: usize,
+        max_idle: usize,
+        max_body: usize,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Pool {
         Pool {
             idle: RefCell::new((0..upstreams).map(|_| Vec::new()).collect()),
             max_idle,
             max_body,
+            tls: tls.map(TlsConnector::from),
         }
     }
 
@@ -97,24 +175,36 @@ impl Pool {
     ) -> Result<Response, UpstreamError> {
         loop {
             let idle = self.idle.borrow_mut()[index].pop();
-            let Some(connection) = idle else { break };
-            if fit_for_reuse(&connection) {
+            let Some(mut connection) = idle else { break };
+            if fit_for_reuse(&mut connection) {
                 return self.exchange(index, connection, request).await;
             }
         }
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|err| UpstreamError {
-                kind: Kind::Connect,
-                cause: format!("tcp connect error: {err}"),
-            })?;
-        // Without it, a small request can wait for the upstream's delayed ACK.
-        let _ = stream.set_nodelay(true);
         let connection = Connection {
-            stream,
+            stream: self.connect(target).await?,
             buffer: BytesMut::with_capacity(READ_SIZE),
         };
         self.exchange(index, connection, request).await
+    }
+
+    /// A new connection to `target`, with its TLS handshake done for `https://`; failing
+    /// either is a connect error, as hyper-util's client reports it.
+    async fn connect(&self, target: &Target) -> Result<Stream, UpstreamError> {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|err| {
+                UpstreamError::new(Kind::Connect, format!("tcp connect error: {err}"))
+            })?;
+        // Without it, a small request can wait for the upstream's delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        let (Some(name), Some(connector)) = (&target.tls, &self.tls) else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|err| UpstreamError::new(Kind::Connect, err))?;
+        Ok(Stream::Tls(Box::new(tls)))
     }
 
     /// One request and its answer on `connection`, which goes back to the pool when the
@@ -126,7 +216,7 @@ impl Pool {
         request: &[u8],
     ) -> Result<Response, UpstreamError> {
         if let Err(err) = connection.stream.write_all(request).await {
-            return Err(UpstreamError::closed(err));
+            return Err(UpstreamError::broken(err));
         }
         let (response, reusable, read) = read_response(&mut connection, self.max_body).await?;
         if reusable && connection.buffer.is_empty() {
@@ -145,25 +235,34 @@ impl Pool {
 }
 
 /// Whether `connection`, idle in the pool, may carry another request: not when the upstream
-/// closed or reset it, nor when it wrote anything while no request was out, which read as
-/// the next answer would hand a caller an answer meant for nobody (hyper-util's client
-/// discards such a connection too). The runtime's last readiness for the socket says so
-/// without a system call; only a readable socket is looked at, with one non-blocking read.
-fn fit_for_reuse(connection: &Connection) -> bool {
-    match connection.stream.ready(Interest::READABLE).now_or_never() {
-        None => true,
-        Some(Ok(ready)) if ready.is_read_closed() || ready.is_error() => false,
-        Some(Ok(_)) => {
-            // Readiness left from the last answer, or unsolicited bytes: only "nothing to
-            // read" keeps the connection.
-            let mut byte = [0u8; 1];
-            matches!(
-                connection.stream.try_read(&mut byte),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock
-            )
-        }
-        Some(Err(_)) => false,
+/// closed or reset it (or sent TLS's close_notify), nor when it wrote anything while no
+/// request was out, which read as the next answer would hand a caller an answer meant for
+/// nobody (hyper-util's client discards such a connection too). The runtime's last readiness
+/// for the socket says so without a system call; a readable socket is looked at with one
+/// read that does not wait. A TLS connection is always given that read (no system call
+/// unless the socket is readable): rustls may already hold a close_notify that came in with
+/// the last answer. The read also takes in what a TLS server sends on its own after the
+/// handshake (TLS 1.3 session tickets, key updates), records with no data in them, which
+/// leave the connection fit.
+fn fit_for_reuse(connection: &mut Connection) -> bool {
+    match connection
+        .stream
+        .tcp()
+        .ready(Interest::READABLE)
+        .now_or_never()
+    {
+        Some(Ok(ready)) if ready.is_read_closed() || ready.is_error() => return false,
+        Some(Err(_)) => return false,
+        None if matches!(connection.stream, Stream::Plain(_)) => return true,
+        _ => {}
     }
+    // Readiness left from the last answer, unsolicited bytes, or an end: only "nothing to
+    // read yet" keeps the connection.
+    connection
+        .stream
+        .read_buf(&mut connection.buffer)
+        .now_or_never()
+        .is_none()
 }
 
 /// Reads more of the answer into the buffer; `Ok(false)` at the end of the stream.
@@ -218,7 +317,7 @@ async fn read_response(
 
 fn cut_off(err: Option<io::Error>) -> UpstreamError {
     match err {
-        Some(err) => UpstreamError::closed(err),
+        Some(err) => UpstreamError::broken(err),
         None => UpstreamError::closed("connection closed before message completed"),
     }
 }

@@ -21,10 +21,11 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::header::HeaderValue;
 use hyper::{StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use tokio::time::Instant;
 
 use crate::behaviour::Rng;
-use crate::config::{ClientKind, GatewayConfig, Upstream};
+use crate::config::{ClientKind, GatewayConfig, Upstream, UpstreamTls};
 use answer::{failure_answer, fan_in};
 use error::{Kind, Outcome, UpstreamError};
 pub use forward::Forward;
@@ -66,7 +67,8 @@ impl Lean {
             .upstreams
             .iter()
             .map(|upstream| {
-                lean::Target::of(&upstream.uri).expect("config validation requires a host")
+                lean::Target::of(&upstream.uri)
+                    .expect("config validation requires a host, and a server name for https")
             })
             .collect();
         let requests = config
@@ -80,6 +82,7 @@ impl Lean {
                 config.upstreams.len(),
                 config.pool_max_idle,
                 config.max_upstream_body,
+                config.tls.as_ref().map(UpstreamTls::for_worker),
             ),
             targets,
             requests,
@@ -87,10 +90,13 @@ impl Lean {
     }
 }
 
+/// hyper-util's pooled client, over TCP or TLS as each upstream's scheme says.
+type HyperUtilClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
 /// The HTTP/1.1 client a worker calls its upstreams with (`--client`).
 #[derive(Debug)]
 enum Caller {
-    HyperUtil(Box<Client<HttpConnector, Empty<Bytes>>>),
+    HyperUtil(Box<HyperUtilClient>),
     Lean(Lean),
 }
 
@@ -122,6 +128,16 @@ impl Gateway {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(config.timeout));
+                // https:// upstreams too: the TLS layer over it takes those.
+                connector.enforce_http(false);
+                // `From` keeps the configuration's ALPN (HTTP/1.1 only), which the builder
+                // would insist on setting itself. Without TLS settings (no https:// upstream)
+                // the connector has an empty configuration it never uses.
+                let tls = config
+                    .tls
+                    .as_ref()
+                    .map_or_else(unused_tls_config, UpstreamTls::for_worker);
+                let connector = HttpsConnector::from((connector, tls));
                 let client = Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .pool_max_idle_per_host(config.pool_max_idle)
@@ -267,7 +283,17 @@ impl Gateway {
     }
 }
 
-#[cfg(test)]
+/// A TLS configuration for a connector that will never make a TLS connection: no roots, so
+/// it would trust no server were it asked to.
+fn unused_tls_config() -> Arc<rustls::ClientConfig> {
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("the provider supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 #[cfg(test)]
 mod tests {
     use hyper::Request;
@@ -308,6 +334,7 @@ mod tests {
             forward_behaviour: true,
             client: ClientKind::Lean,
             max_upstream_body: 16 << 20,
+            tls: None,
         };
         let hosts = [
             HeaderValue::from_static("[::1]:3000"),
@@ -331,6 +358,26 @@ mod tests {
             &request_head(&uri, &hosts[1], forward.header.as_ref())[..],
             b"GET /?status=503 HTTP/1.1\r\nhost: m2\r\nx-m2-behaviour: delay=1ms\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn https_targets_default_to_port_443_and_verify_their_host() {
+        let target = |url: &str| lean::Target::of(&url.parse().expect("a test URL"));
+        let named = target("https://m2/v1/avatar").expect("a target");
+        assert_eq!((named.host.as_str(), named.port), ("m2", 443));
+        assert_eq!(
+            named.tls.map(|name| name.to_str().into_owned()),
+            Some("m2".into())
+        );
+        let ip = target("https://[::1]:8443/").expect("a target");
+        assert_eq!(ip.port, 8443);
+        assert!(matches!(
+            ip.tls,
+            Some(rustls::pki_types::ServerName::IpAddress(_))
+        ));
+        let plain = target("http://m2/").expect("a target");
+        assert_eq!(plain.port, 80);
+        assert!(plain.tls.is_none());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   the answers must match byte for byte (dates masked), and so must how the connection ends;
 //! - the lean client against hyper-util's: the same generated upstream answers (framings,
 //!   splits, bad lengths, 1xx, cut-off connections, malformed heads) go through a gateway with
-//!   each client; the caller must get the same status and body, or the same error kind.
+//!   each client, from a plain upstream and from an `https://` one (whose connections end
+//!   with or without TLS's close_notify); the caller must get the same status and body, or
+//!   the same error kind.
 //!
 //! `cargo test` runs 48 cases of each (`PROPTEST_CASES` sets more); `bench/fuzz` runs them for
 //! longer with fresh seeds. Known, deliberate differences are left out of the generators and
@@ -22,6 +24,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
+use rustls::ServerConfig;
+
+use crate::certs::{Alg, Pki};
+use crate::client_tls::server_config;
 use crate::support::{READ_TIMEOUT, TestServer, config, masked, spawn};
 
 /// How a connection ended, as the client saw it.
@@ -227,6 +233,8 @@ proptest! {
 struct Answer {
     bytes: Vec<u8>,
     cuts: Vec<Index>,
+    /// Over TLS: the connection ends with close_notify (else with the TCP close alone).
+    close_notify: bool,
 }
 
 /// Generated upstream answers: every framing the clients read, written in pieces, and the
@@ -318,7 +326,11 @@ fn upstream_answer() -> impl Strategy<Value = Answer> {
                     &chunk_cuts,
                     cut,
                 );
-                Answer { bytes, cuts }
+                Answer {
+                    bytes,
+                    cuts,
+                    close_notify: true,
+                }
             },
         )
 }
@@ -403,33 +415,56 @@ fn answer_bytes(
 }
 
 /// An upstream that writes the current answer, in its pieces, to every connection it accepts,
-/// then closes it.
-fn scripted_upstream(current: Arc<Mutex<Answer>>) -> SocketAddr {
+/// then closes it; over TLS when given a server configuration.
+fn scripted_upstream(current: Arc<Mutex<Answer>>, tls: Option<Arc<ServerConfig>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let answer = current.lock().expect("the current answer").clone();
             let _ = stream.set_nodelay(true);
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
-                    _ => break,
+            match &tls {
+                None => write_answer(&mut stream, &answer),
+                Some(config) => {
+                    // A client that gives up on the handshake does not hold the upstream.
+                    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+                    let Ok(connection) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                        continue;
+                    };
+                    let mut tls = rustls::StreamOwned::new(connection, stream);
+                    write_answer(&mut tls, &answer);
+                    if answer.close_notify {
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                    stream = tls.sock;
                 }
-            }
-            for piece in pieces(answer.bytes.len(), &answer.cuts) {
-                let _ = stream.write_all(&answer.bytes[piece]);
-                std::thread::sleep(Duration::from_millis(1));
             }
             let _ = stream.shutdown(Shutdown::Write);
             // Read what the client may still send, so the close is a FIN, not a reset.
             let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut buf = [0u8; 1024];
             while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
     addr
+}
+
+/// Reads a request head on `stream`, then writes `answer` in its pieces.
+fn write_answer(stream: &mut (impl Read + Write), answer: &Answer) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => request.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    for piece in pieces(answer.bytes.len(), &answer.cuts) {
+        let _ = stream.write_all(&answer.bytes[piece]);
+        let _ = stream.flush();
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What a caller got from the gateway: the upstream's status, content type and body passed
@@ -453,21 +488,70 @@ fn outcome(server: &TestServer) -> String {
     )
 }
 
-thread_local! {
-    /// One scripted upstream, and a gateway with each client in front of it: one worker, no
-    /// idle connections kept, so that every call is one fresh exchange.
-    static GATEWAYS: (Arc<Mutex<Answer>>, TestServer, TestServer) = {
-        let current = Arc::new(Mutex::new(Answer { bytes: Vec::new(), cuts: Vec::new() }));
-        let addr = scripted_upstream(Arc::clone(&current));
-        let upstream = format!("http://{addr}/");
-        let gateway = |client: &str| {
-            spawn(config(&[
-                "gateway", "--upstream", &upstream, "--client", client, "--workers", "1",
-                "--pool-max-idle", "0", "--timeout", "2s", "--max-upstream-body", "2KiB",
-            ]))
-        };
-        (current, gateway("lean"), gateway("hyper-util"))
+/// A gateway with each client in front of one scripted upstream: one worker, no idle
+/// connections kept, so that every call is one fresh exchange (`extra` flags added).
+fn gateway_pair(upstream: &str, extra: &[&str]) -> (TestServer, TestServer) {
+    let gateway = |client: &str| {
+        let flags = [
+            "gateway",
+            "--upstream",
+            upstream,
+            "--client",
+            client,
+            "--workers",
+            "1",
+            "--pool-max-idle",
+            "0",
+            "--timeout",
+            "2s",
+            "--max-upstream-body",
+            "2KiB",
+        ];
+        spawn(config(&[&flags[..], extra].concat()))
     };
+    (gateway("lean"), gateway("hyper-util"))
+}
+
+thread_local! {
+    /// One scripted upstream, and a gateway with each client in front of it.
+    static GATEWAYS: (Arc<Mutex<Answer>>, TestServer, TestServer) = {
+        let current = Arc::new(Mutex::new(Answer { bytes: Vec::new(), cuts: Vec::new(), close_notify: true }));
+        let addr = scripted_upstream(Arc::clone(&current), None);
+        let (lean, hyper_util) = gateway_pair(&format!("http://{addr}/"), &[]);
+        (current, lean, hyper_util)
+    };
+
+    /// The same over TLS: a scripted `https://` upstream with a certificate of a test CA.
+    static TLS_GATEWAYS: (Arc<Mutex<Answer>>, TestServer, TestServer) = {
+        let pki = Pki::new("differential");
+        let tls = server_config(&pki.server("upstream", Alg::Ecdsa, 1), None);
+        let current = Arc::new(Mutex::new(Answer { bytes: Vec::new(), cuts: Vec::new(), close_notify: true }));
+        let addr = scripted_upstream(Arc::clone(&current), Some(tls));
+        let ca = pki.ca();
+        let upstream = format!("https://localhost:{}/", addr.port());
+        let (lean, hyper_util) =
+            gateway_pair(&upstream, &["--upstream-ca", ca.to_str().expect("UTF-8")]);
+        (current, lean, hyper_util)
+    };
+}
+
+/// Has the upstream of `gateways` give `answer`, and asserts both clients pass on the same.
+fn same_through_both(
+    gateways: &(Arc<Mutex<Answer>>, TestServer, TestServer),
+    answer: &Answer,
+) -> Result<(), TestCaseError> {
+    let (current, lean, hyper_util) = gateways;
+    *current.lock().expect("the current answer") = answer.clone();
+    let lean_got = outcome(lean);
+    let hyper_got = outcome(hyper_util);
+    prop_assert_eq!(
+        &lean_got,
+        &hyper_got,
+        "upstream answered {:?} (close_notify: {})",
+        String::from_utf8_lossy(&answer.bytes),
+        answer.close_notify
+    );
+    Ok(())
 }
 
 proptest! {
@@ -475,17 +559,34 @@ proptest! {
 
     #[test]
     fn fuzz_differential_lean_client_reads_answers_as_hyper_util_does(answer in upstream_answer()) {
-        GATEWAYS.with(|(current, lean, hyper_util)| {
+        GATEWAYS.with(|gateways| same_through_both(gateways, &answer))?;
+    }
+
+    #[test]
+    fn fuzz_differential_lean_client_reads_https_answers_as_hyper_util_does(
+        answer in upstream_answer(),
+        close_notify in any::<bool>(),
+    ) {
+        let answer = Answer { close_notify, ..answer };
+        TLS_GATEWAYS.with(|gateways| same_through_both(gateways, &answer))?;
+    }
+}
+
+#[test]
+fn the_differential_upstreams_answer_through_both_clients() {
+    // Otherwise both clients failing the same way (a TLS setting gone wrong) would compare
+    // equal: a well-formed answer must come through each, plain and over TLS.
+    let answer = Answer {
+        bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        cuts: Vec::new(),
+        close_notify: false,
+    };
+    for gateways in [&GATEWAYS, &TLS_GATEWAYS] {
+        gateways.with(|(current, lean, hyper_util)| {
             *current.lock().expect("the current answer") = answer.clone();
-            let lean_got = outcome(lean);
-            let hyper_got = outcome(hyper_util);
-            prop_assert_eq!(
-                &lean_got,
-                &hyper_got,
-                "upstream answered {:?}",
-                String::from_utf8_lossy(&answer.bytes)
-            );
-            Ok(())
-        })?;
+            for gateway in [lean, hyper_util] {
+                assert_eq!(outcome(gateway), r#"200 Some("application/json") "ok""#);
+            }
+        });
     }
 }

@@ -34,6 +34,8 @@ macro_rules! with_each_client {
     };
 }
 
+pub(crate) use with_each_client;
+
 with_each_client!(
     the_upstream_answer_passes_through_byte_for_byte_with_the_gateways_headers,
     the_suites_environment_variables_name_the_gateway_and_its_upstream,

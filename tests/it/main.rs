@@ -3,6 +3,7 @@
 mod behaviour;
 mod certs;
 mod cli;
+mod client_tls;
 mod contract;
 mod differential;
 mod docs;

@@ -517,6 +517,11 @@ impl ChildServer {
 
     /// Starts `microservice2 gateway` on 127.0.0.1 port 0, one worker, with `extra` flags.
     pub fn gateway(extra: &[&str]) -> ChildServer {
+        ChildServer::gateway_with(extra, Stdio::inherit())
+    }
+
+    /// [`ChildServer::gateway`] with its stderr sent to `stderr`.
+    pub fn gateway_with(extra: &[&str], stderr: Stdio) -> ChildServer {
         let mut args = vec![
             "gateway",
             "--host",
@@ -527,7 +532,7 @@ impl ChildServer {
             "1",
         ];
         args.extend_from_slice(extra);
-        ChildServer::start_command(binary(&args), Stdio::inherit())
+        ChildServer::start_command(binary(&args), stderr)
     }
 
     /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.

@@ -21,7 +21,7 @@ use crate::support::{
 
 /// Runs the binary with `args` (paths already in them) and returns its stderr, asserting it
 /// exited 2 with one line naming `needle`.
-fn exits_2_naming(args: &[&str], env: &[(&str, &str)], needle: &str) {
+pub(crate) fn exits_2_naming(args: &[&str], env: &[(&str, &str)], needle: &str) {
     let output = binary(args)
         .envs(env.iter().copied())
         .output()
