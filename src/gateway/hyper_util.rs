@@ -3,18 +3,21 @@
 
 use std::fmt::Write as _;
 
+use ::hyper_util::client::legacy::Client;
+use ::hyper_util::client::legacy::connect::Connect;
+use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, Uri};
 
+use super::Forward;
 use super::error::{Kind, UpstreamError, is_tls};
 use super::lean::Response as Reply;
-use super::{Forward, HyperUtilClient};
 
 /// One request through hyper-util's pooled client, its body read whole: refused at once when
 /// its declared length is over `max_body`, else the moment it passes it.
-pub(super) async fn call(
-    client: &HyperUtilClient,
+pub(super) async fn call<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, Empty<Bytes>>,
     uri: &Uri,
     host: &HeaderValue,
     forward: &Forward,

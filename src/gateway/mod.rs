@@ -90,13 +90,13 @@ impl Lean {
     }
 }
 
-/// hyper-util's pooled client, over TCP or TLS as each upstream's scheme says.
-type HyperUtilClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-/// The HTTP/1.1 client a worker calls its upstreams with (`--client`).
+/// The HTTP/1.1 client a worker calls its upstreams with (`--client`). hyper-util's client
+/// has a TLS layer only when some upstream needs one: going through hyper-rustls's stream
+/// cost cleartext calls 1,215 more instructions each (32,946 against 31,731 under callgrind).
 #[derive(Debug)]
 enum Caller {
-    HyperUtil(Box<HyperUtilClient>),
+    HyperUtil(Box<Client<HttpConnector, Empty<Bytes>>>),
+    HyperUtilTls(Box<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>),
     Lean(Lean),
 }
 
@@ -128,21 +128,21 @@ impl Gateway {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(config.timeout));
-                // https:// upstreams too: the TLS layer over it takes those.
-                connector.enforce_http(false);
-                // `From` keeps the configuration's ALPN (HTTP/1.1 only), which the builder
-                // would insist on setting itself. Without TLS settings (no https:// upstream)
-                // the connector has an empty configuration it never uses.
-                let tls = config
-                    .tls
-                    .as_ref()
-                    .map_or_else(unused_tls_config, UpstreamTls::for_worker);
-                let connector = HttpsConnector::from((connector, tls));
-                let client = Client::builder(TokioExecutor::new())
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
                     .pool_timer(TokioTimer::new())
-                    .pool_max_idle_per_host(config.pool_max_idle)
-                    .build(connector);
-                Caller::HyperUtil(Box::new(client))
+                    .pool_max_idle_per_host(config.pool_max_idle);
+                match &config.tls {
+                    None => Caller::HyperUtil(Box::new(builder.build(connector))),
+                    Some(tls) => {
+                        // https:// upstreams too: the TLS layer over it takes those. `From`
+                        // keeps the configuration's ALPN (HTTP/1.1 only), which the builder
+                        // would insist on setting itself.
+                        connector.enforce_http(false);
+                        let connector = HttpsConnector::from((connector, tls.for_worker()));
+                        Caller::HyperUtilTls(Box::new(builder.build(connector)))
+                    }
+                }
             }
             ClientKind::Lean => Caller::Lean(Lean::new(config, &hosts)),
         };
@@ -240,6 +240,10 @@ impl Gateway {
                 let max_body = self.config.max_upstream_body;
                 hyper_util::call(client, uri, host, forward, max_body).await
             }
+            Caller::HyperUtilTls(client) => {
+                let max_body = self.config.max_upstream_body;
+                hyper_util::call(client, uri, host, forward, max_body).await
+            }
             Caller::Lean(lean) => {
                 let forwarded;
                 let request = if forward.header.is_none() && forward.query.is_none() {
@@ -281,17 +285,6 @@ impl Gateway {
         let jitter = self.rng.borrow_mut().next_f64();
         full.mul_f64(0.5 + 0.5 * jitter)
     }
-}
-
-/// A TLS configuration for a connector that will never make a TLS connection: no roots, so
-/// it would trust no server were it asked to.
-fn unused_tls_config() -> Arc<rustls::ClientConfig> {
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("the provider supports the default versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    Arc::new(config)
 }
 
 #[cfg(test)]
