@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -113,8 +113,7 @@ impl Connection {
             Handshake::Ok
         };
         metrics.handshake(result, start.elapsed());
-        let stream: TlsStream = Box::new(session);
-        self.serve(stream).await;
+        self.serve(TlsStream(Box::new(session))).await;
     }
 
     /// With the fast path off (every request planned, or the admin listener), hyper serves
@@ -153,7 +152,7 @@ impl Connection {
     }
 
     /// The hyper service for this connection, and the signal its requests raise faults on.
-    fn service(&self) -> (AvatarService, Rc<FaultSignal>) {
+    pub(super) fn service(&self) -> (AvatarService, Rc<FaultSignal>) {
         let faults = Rc::new(FaultSignal::default());
         let service = AvatarService {
             routes: Rc::clone(&self.routes),
@@ -169,32 +168,16 @@ impl Connection {
         stream: Prefixed<S>,
     ) -> (TokioIo<Watched<Prefixed<S>>>, Rc<Activity>) {
         let activity = Rc::new(Activity::default());
-        let io = Watched::new(stream, self.timeouts.write, Rc::clone(&activity));
-        (TokioIo::new(io), activity)
+        (self.watched_with(stream, Rc::clone(&activity)), activity)
     }
 
-    /// HTTP/2 with prior knowledge. A socket fault raised by any stream ends the connection.
-    async fn serve_h2<S: Stream>(mut self, stream: Prefixed<S>) {
-        let (service, faults) = self.service();
-        let (io, activity) = self.watched(stream);
-        let connection = http2::Builder::new(LocalExec).serve_connection(io, service);
-        let mut connection = std::pin::pin!(connection);
-        let ended = tokio::select! {
-            ended = connection.as_mut() => Some(ended),
-            _ = faults.raised() => {
-                self.reason = Some(CloseReason::Fault);
-                return;
-            }
-            _ = self.stop.wait_for(|stopped| *stopped) => None,
-        };
-        self.reason = Some(match ended {
-            Some(ended) => ended_by(ended, &activity),
-            None => {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
-                CloseReason::Shutdown
-            }
-        });
+    /// [`Connection::watched`], noting into `activity`.
+    pub(super) fn watched_with<S: Stream>(
+        &self,
+        stream: Prefixed<S>,
+        activity: Rc<Activity>,
+    ) -> TokioIo<Watched<Prefixed<S>>> {
+        TokioIo::new(Watched::new(stream, self.timeouts.write, activity))
     }
 
     async fn serve_h1<S: Stream>(mut self, stream: Prefixed<S>) {
@@ -238,7 +221,7 @@ impl Connection {
 /// (a clean close, a reset, a request cut short), a timeout (hyper's header timeout covers
 /// the idle wait too: a head under way tells them apart), the write timeout, or an error
 /// (a request hyper could not parse and answered with a 4xx).
-fn ended_by(ended: Result<(), hyper::Error>, activity: &Activity) -> CloseReason {
+pub(super) fn ended_by(ended: Result<(), hyper::Error>, activity: &Activity) -> CloseReason {
     let Err(err) = ended else {
         return CloseReason::Client;
     };
@@ -270,7 +253,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Runs hyper's HTTP/2 stream tasks on the worker's own thread (the service is not `Send`).
 #[derive(Clone, Copy, Debug)]
-struct LocalExec;
+pub(super) struct LocalExec;
 
 impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, future: F) {
@@ -315,7 +298,7 @@ fn abort<S: Stream>(
 
 /// The hyper service of one connection: answers from the worker's [`Routes`].
 #[derive(Debug)]
-struct AvatarService {
+pub(super) struct AvatarService {
     routes: Rc<Routes>,
     faults: Rc<FaultSignal>,
     admin: bool,

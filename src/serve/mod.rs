@@ -5,6 +5,7 @@
 
 mod connection;
 pub(crate) mod fast;
+mod h2;
 mod output;
 mod stream;
 pub(crate) mod watched;

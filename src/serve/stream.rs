@@ -8,13 +8,63 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::output::Output;
 
-/// A TLS session over a TCP socket, as the server accepted it.
-pub type TlsStream = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+/// A TLS session over a TCP socket, as the server accepted it (boxed: rustls's state is
+/// kilobytes). Records rustls makes while it reads (an alert refusing a renegotiation, a key
+/// update's answer) are sent at once: left queued, they would wait for the next answer, and a
+/// client waiting for them sends no request.
+pub struct TlsStream(pub Box<tokio_rustls::server::TlsStream<TcpStream>>);
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let session = self.0.as_mut();
+        let read = Pin::new(&mut *session).poll_read(cx, buf);
+        if session.get_ref().1.wants_write() {
+            // Whatever the flush says, the read's outcome stands; a failed flush shows again
+            // at the next write.
+            let _ = Pin::new(session).poll_flush(cx);
+        }
+        read
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.0.as_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.0.as_mut()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.0.as_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.0.as_mut()).poll_shutdown(cx)
+    }
+}
 
 /// A connection's byte stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + 'static {
@@ -88,7 +138,7 @@ impl Stream for TlsStream {
     }
 
     fn into_tcp(self) -> TcpStream {
-        self.into_inner().0
+        self.0.into_inner().0
     }
 
     async fn close(&mut self, limit: Duration) {
@@ -97,7 +147,7 @@ impl Stream for TlsStream {
     }
 
     fn chose_h2(&self) -> bool {
-        crate::tls::server::chose_h2(self.get_ref().1)
+        crate::tls::server::chose_h2(self.0.get_ref().1)
     }
 
     async fn opens_with_preface(&self) -> bool {

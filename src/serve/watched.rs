@@ -21,9 +21,46 @@ pub struct Activity {
     read_since_write: Cell<bool>,
     /// A write made no progress for the write timeout.
     write_timed_out: Cell<bool>,
+    /// HTTP/2 only, which has no header or idle deadline of hyper's: when bytes last moved
+    /// either way, and whether any ever arrived (one clock read per read or write, so HTTP/1
+    /// connections do without it).
+    moves: Option<Moves>,
+}
+
+#[derive(Debug)]
+struct Moves {
+    last: Cell<Instant>,
+    read_any: Cell<bool>,
 }
 
 impl Activity {
+    /// An activity that also notes when bytes last moved, from `start`.
+    pub fn timed(start: Instant) -> Activity {
+        Activity {
+            moves: Some(Moves {
+                last: Cell::new(start),
+                read_any: Cell::new(false),
+            }),
+            ..Activity::default()
+        }
+    }
+
+    /// When bytes last moved (the start, if none has), and whether any arrived; `None` for an
+    /// activity that is not [`Activity::timed`].
+    pub fn last_moved(&self) -> Option<(Instant, bool)> {
+        let moves = self.moves.as_ref()?;
+        Some((moves.last.get(), moves.read_any.get()))
+    }
+
+    fn moved(&self, read: bool) {
+        if let Some(moves) = &self.moves {
+            moves.last.set(Instant::now());
+            if read {
+                moves.read_any.set(true);
+            }
+        }
+    }
+
     /// Whether a request head had begun when the connection was last looked at.
     pub fn mid_head(&self) -> bool {
         self.read_since_write.get()
@@ -94,6 +131,7 @@ impl<T> Watched<T> {
                 if n > 0 {
                     self.waiting_since = None;
                     self.activity.read_since_write.set(false);
+                    self.activity.moved(false);
                 }
                 Poll::Ready(Ok(n))
             }
@@ -113,6 +151,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.activity.read_since_write.set(true);
+            self.activity.moved(true);
         }
         result
     }

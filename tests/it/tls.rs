@@ -753,3 +753,159 @@ fn the_admin_port_and_the_gateway_serve_tls_too() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body.len(), 3696);
 }
+
+/// A TLS session offering only `h2`, its HTTP/2 connection made by hyper's client; the
+/// connection's task ends when the server closes it.
+async fn h2_session(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("a name");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("a TLS session");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    (sender, tokio::spawn(connection))
+}
+
+fn h2_get(query: &str) -> hyper::Request<http_body_util::Empty<bytes::Bytes>> {
+    hyper::Request::get(format!("https://localhost/v1/avatar{query}"))
+        .body(http_body_util::Empty::new())
+        .expect("a request")
+}
+
+#[test]
+fn http2_connections_are_held_to_the_header_and_idle_timeouts_but_not_mid_answer() {
+    let pki = Pki::new("h2-idle");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let server = tls_server(&pair, &["--header-timeout", "1s", "--idle-timeout", "1s"]);
+    let config = client_config(&pki, None, &["h2"]);
+    let scrape = client_config(&pki, None, &["http/1.1"]);
+    client_runtime().block_on(async {
+        // An answer that takes longer than the idle timeout is not cut; once it is done, the
+        // idle connection is closed about a second later.
+        let (mut sender, connection) = h2_session(server.addr, Arc::clone(&config)).await;
+        let started = std::time::Instant::now();
+        let response = sender
+            .send_request(h2_get("?delay=1500ms"))
+            .await
+            .expect("an answer");
+        assert_eq!(response.status(), 200);
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+        assert!(
+            closed.is_ok(),
+            "the idle HTTP/2 connection was never closed"
+        );
+        // A session that never sends the preface: the header timeout.
+        let tcp = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let name = ServerName::try_from("localhost").expect("a name");
+        let mut silent = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+            .connect(name, tcp)
+            .await
+            .expect("a TLS session");
+        // The server's SETTINGS and GOAWAY come, then the end.
+        let mut got = Vec::new();
+        let end = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut got),
+        )
+        .await;
+        assert!(end.is_ok(), "the silent HTTP/2 session was never closed");
+    });
+    let closed = |reason| {
+        tls_metric(
+            server.addr,
+            &scrape,
+            "microservice2_connections_closed_total",
+            &[("reason", reason)],
+        )
+    };
+    wait_until("both closes are counted", Duration::from_secs(5), || {
+        closed("idle_timeout") == 1.0 && closed("header_timeout") == 1.0
+    });
+}
+
+#[test]
+fn h2c_with_prior_knowledge_is_held_to_the_idle_timeout_too() {
+    let server = ChildServer::start(&["--http2", "--idle-timeout", "1s", "--header-timeout", "1s"]);
+    let mut h2c = connect_tcp(server.addr);
+    // The preface and an empty SETTINGS frame, then nothing.
+    h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = h2c.read_to_end(&mut got);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The server's SETTINGS, then a GOAWAY (frame type 7) before the close.
+    assert!(
+        got.windows(4).any(|w| w[3] == 7 && w[..3] == [0, 0, 8]),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_refused_renegotiation_is_told_to_the_client_at_once() {
+    let pki = Pki::new("renegotiation");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let server = tls_server(&pair, &[]);
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &server.addr.to_string(),
+            "-tls1_2",
+            "-msg",
+            "-CAfile",
+        ])
+        .arg(pki.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl");
+    let stdout = client.stdout.take().expect("stdout");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = client.stdin.take().expect("stdin");
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match seen.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    };
+    assert!(wait_for("Verify return code"), "no session");
+    // `R` asks s_client to renegotiate; rustls refuses with a warning alert.
+    stdin.write_all(b"R\n").expect("write");
+    let refused = wait_for("no_renegotiation");
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(refused, "the refusal never reached the client");
+}
