@@ -11,6 +11,12 @@ binary, ARGS are its flags), `m2-bin:PATH` (another build of it), `nginx` (a sta
 with the same body and headers) or `chain` (`microservice2 gateway`, ARGS its flags, in front
 of a serve-mode upstream; load goes to /v1/user and CPU is also reported per process). The
 first variant is the one the ratios are about.
+
+With --tls every server serves HTTPS with one ECDSA P-256 certificate made for the run (nginx
+with TLS 1.3 only, microservice2 with --tls-cert/--tls-key); the protocol and cipher each
+negotiates are checked to be the same, and two loads run, keep-alive and a new connection per
+request, with ratios of each microservice2 build to nginx and between the first two builds
+(tls_main, tls_report).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -129,11 +136,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_port(port: int, proc: subprocess.Popen, limit: float = 30.0) -> None:
+def server_stderr() -> IO[str]:
+    """Where a server's stderr goes: a file, not a pipe nobody reads (a server that logs, one
+    line per failed TLS handshake say, would block once the pipe is full)."""
+    return tempfile.TemporaryFile("w+")
+
+
+def stderr_tail(log: IO[str] | None, chars: int = 2000) -> str:
+    """The end of what a server wrote to `log` (from server_stderr()), for an error message."""
+    if log is None:
+        return ""
+    try:
+        log.seek(0)
+        text = log.read()
+    except (OSError, ValueError):
+        return ""
+    return f"; its stderr:\n{text[-chars:].rstrip()}" if text.strip() else ""
+
+
+def wait_port(
+    port: int, proc: subprocess.Popen, limit: float = 30.0, log: IO[str] | None = None
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited early with status {proc.returncode}")
+            raise RuntimeError(
+                f"server exited early with status {proc.returncode}{stderr_tail(log)}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -141,6 +170,13 @@ def wait_port(port: int, proc: subprocess.Popen, limit: float = 30.0) -> None:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {limit}s")
 
+
+# With --tls: `listen ... ssl` and these in the server block; session tickets stay on, as
+# nginx has them by default.
+NGINX_TLS = """
+        ssl_protocols TLSv1.3;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};"""
 
 NGINX_CONF = """
 worker_processes {workers};
@@ -165,7 +201,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen 127.0.0.1:{port} reuseport backlog=4096;
+        listen 127.0.0.1:{port}{ssl} reuseport backlog=4096;{tls}
         location = /v1/avatar {{
             default_type application/json;
             add_header engine Rust/Hype;
@@ -189,6 +225,10 @@ class Variant:
     rss_start: int = 0
     # Kind `chain`: the serve-mode upstream behind the gateway (`proc`).
     upstream: subprocess.Popen | None = None
+    # With --tls: the certificate and key it serves HTTPS with.
+    tls: TlsFiles | None = None
+    # Its stderr (and the upstream's), from server_stderr().
+    logs: list[IO[str]] | None = None
 
     @staticmethod
     def parse(spec: str) -> "Variant":
@@ -209,14 +249,18 @@ class Variant:
 
     def start(self, workers: int) -> None:
         self.port = free_port()
+        if self.tls and self.kind == "chain":
+            raise SystemExit(f"bench: --tls does not serve kind chain ({self.name})")
+        self.logs = [server_stderr()]
         if self.kind == "chain":
             upstream_port = free_port()
+            self.logs.append(server_stderr())
             self.upstream = subprocess.Popen(
                 [str(self.binary), "--host", "127.0.0.1", "--port", str(upstream_port),
                  "--workers", str(workers)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=self.logs[1], start_new_session=True,
             )
-            wait_port(upstream_port, self.upstream)
+            wait_port(upstream_port, self.upstream, log=self.logs[1])
             cmd = [str(self.binary), "gateway", "--host", "127.0.0.1", "--port", str(self.port),
                    "--upstream", f"http://127.0.0.1:{upstream_port}/v1/avatar"]
             if not any(a.startswith("--workers") for a in self.args):
@@ -226,6 +270,8 @@ class Variant:
             cmd = [str(self.binary), "--host", "127.0.0.1", "--port", str(self.port)]
             if not any(a.startswith("--workers") for a in self.args):
                 cmd += ["--workers", str(workers)]
+            if self.tls and not any(a.startswith("--tls-cert") for a in self.args):
+                cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
             cmd += self.args
         else:
             self.workdir = tempfile.TemporaryDirectory(prefix="m2-bench-nginx-")
@@ -234,14 +280,18 @@ class Variant:
             work.chmod(0o755)
             (work / "avatar.json").write_bytes(AVATAR_JSON.read_bytes())
             sendfile = "on" if "sendfile" in self.args else "off"
+            ssl, tls = "", ""
+            if self.tls:
+                ssl, tls = " ssl", NGINX_TLS.format(cert=self.tls.cert, key=self.tls.key)
             (work / "nginx.conf").write_text(
-                NGINX_CONF.format(workers=workers, dir=work, port=self.port, sendfile=sendfile)
+                NGINX_CONF.format(workers=workers, dir=work, port=self.port, sendfile=sendfile,
+                                  ssl=ssl, tls=tls)
             )
             cmd = ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            cmd, stdout=subprocess.DEVNULL, stderr=self.logs[0], start_new_session=True
         )
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, log=self.logs[0])
         time.sleep(0.2)
         self.rss_start = rss_bytes(self.pids())
 
@@ -261,7 +311,8 @@ class Variant:
     @property
     def url(self) -> str:
         path = "/v1/user" if self.kind == "chain" else "/v1/avatar"
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> None:
         if self.upstream and self.upstream.poll() is None:
@@ -281,6 +332,86 @@ class Variant:
         if self.workdir:
             self.workdir.cleanup()
             self.workdir = None
+        for log in self.logs or []:
+            log.close()
+        self.logs = None
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS: one certificate for every server of a run, and what each negotiates
+
+
+@dataclass
+class TlsFiles:
+    cert: Path
+    key: Path
+
+
+def make_certificate(directory: Path) -> TlsFiles:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, made for this run."""
+    files = TlsFiles(directory / "cert.pem", directory / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(files.key), "-out", str(files.cert), "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return files
+
+
+TLS_REQUEST = b"GET /v1/avatar HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+
+def s_client(port: int, ca: Path, session_in: Path | None, session_out: Path | None) -> str:
+    """One TLS 1.3 connection by `openssl s_client` (the OpenSSL defaults wrk also uses), with
+    one GET of the avatar; its output."""
+    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+           "-servername", "localhost", "-CAfile", str(ca), "-verify_ip", "127.0.0.1",
+           "-ign_eof"]
+    if session_in:
+        cmd += ["-sess_in", str(session_in)]
+    if session_out:
+        cmd += ["-sess_out", str(session_out)]
+    done = subprocess.run(cmd, input=TLS_REQUEST, capture_output=True, timeout=20)
+    return done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+
+
+def tls_probe(variant: Variant, workdir: Path) -> dict:
+    """What `variant` negotiates with an OpenSSL client: protocol, cipher, key exchange,
+    signature, ALPN, whether the certificate verifies, the HTTP status, and whether a second
+    connection offering the first one's session resumes it (wrk offers it on every reconnect)."""
+    assert variant.tls is not None
+    session = workdir / f"{variant.name}.session"
+    first = s_client(variant.port, variant.tls.cert, None, session)
+    found = re.search(r"^(New|Reused), (\S+), Cipher is (\S+)", first, re.M)
+    if not found or found.group(3) == "(NONE)":
+        raise RuntimeError(
+            f"{variant.name} negotiated no TLS 1.3 session on port {variant.port}:\n"
+            f"{first[-1500:].rstrip()}{stderr_tail((variant.logs or [None])[0])}"
+        )
+
+    def field(pattern: str, text: str = first) -> str:
+        match = re.search(pattern, text, re.M)
+        return match.group(1).strip() if match else "?"
+
+    verify = field(r"^\s*Verify return code: (.+)$")
+    alpn = field(r"^ALPN protocol: (.+)$")
+    if alpn == "?" and "No ALPN negotiated" in first:
+        alpn = "none"
+    status = field(r"^(HTTP/\S+ \d+)")
+    second = s_client(variant.port, variant.tls.cert, session, None) if session.exists() else ""
+    return {
+        "protocol": found.group(2),
+        "cipher": found.group(3),
+        "key_exchange": field(r"^Server Temp Key: (.+)$"),
+        "signature": f"{field(r'^Peer signature type: (.+)$')}+"
+                     f"{field(r'^Peer signing digest: (.+)$')}",
+        "alpn": alpn,
+        "verify": verify,
+        "http_status": status,
+        "tickets": first.count("New Session Ticket arrived"),
+        "resumed": bool(re.search(r"^Reused, ", second, re.M)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,7 +795,12 @@ def medians(rounds: list[dict]) -> dict:
     return summary
 
 
-def table(names: list[str], summary: dict[str, dict], metrics) -> str:
+def table(
+    names: list[str], summary: dict[str, dict], metrics,
+    pairs: list[tuple[str, str]] | None = None,
+) -> str:
+    """One row per server, then one ratio row per pair (default: the first against each
+    other)."""
     present = [m for m in metrics if all(m[0] in summary[n] for n in names)]
     head = "| server | " + " | ".join(label for _, label, _ in present) + " |"
     rule = "|---|" + "---|" * len(present)
@@ -672,8 +808,9 @@ def table(names: list[str], summary: dict[str, dict], metrics) -> str:
     for name in names:
         cells = [fmt.format(summary[name][key]) for key, _, fmt in present]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    first = names[0]
-    for other in names[1:]:
+    if pairs is None:
+        pairs = [(names[0], other) for other in names[1:]]
+    for first, other in pairs:
         cells = []
         for key, _, _ in present:
             denom = summary[other][key]
@@ -730,6 +867,311 @@ def replace_section(name: str, body: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# --tls: every server on HTTPS with the same certificate, two loads in one run
+
+# (key, title, wrk flags added to --wrk)
+TLS_LOADS = [
+    ("keep-alive", "Keep-alive", []),
+    ("handshake", "Handshake-heavy: a new connection, so a new TLS handshake, per request",
+     ["-H", "Connection: close"]),
+]
+# The issue's targets: ratios of each microservice2 build to nginx, same run.
+TLS_TARGETS = {
+    "keep-alive": [("requests_per_s", "requests/s", ">=", 1.1),
+                   ("cpu_us_per_request", "CPU per request", "<=", 0.9)],
+    "handshake": [("requests_per_s", "requests/s", ">=", 1.0)],
+}
+
+
+def passive_opens() -> int:
+    """TCP connections accepted on this machine so far (/proc/net/snmp): while one server is
+    under load, the count of its new connections."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+             if line.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("PassiveOpens")])
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent not idle so far (/proc/stat), in seconds."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def counting_connections(drive):
+    """`drive`, with the connections accepted and the machine's busy CPU time while it ran,
+    per request it made: other work on a shared machine shows in both."""
+    def counted() -> dict:
+        opens, busy = passive_opens(), machine_busy_seconds()
+        result = drive()
+        requests = max(result["requests"], 1)
+        result["connections_per_request"] = (passive_opens() - opens) / requests
+        result["machine_cpu_us_per_request"] = (machine_busy_seconds() - busy) * 1e6 / requests
+        return result
+    return counted
+
+
+def cores_busy(result: dict) -> float:
+    """Cores the server and wrk kept busy together: their CPU per request times requests/s."""
+    cpu = result["cpu_us_per_request"] + result.get("load_cpu_us_per_request", 0)
+    return cpu * result["requests_per_s"] / 1e6
+
+
+def cores_busy_elsewhere(result: dict) -> float:
+    """Cores busy with anything but the server and wrk (kernel threads, interrupts, other
+    processes) while the load ran."""
+    machine = result.get("machine_cpu_us_per_request", 0) * result["requests_per_s"] / 1e6
+    return max(machine - cores_busy(result), 0.0)
+
+
+def tls_verified(probe: dict) -> str:
+    return "verifies" if probe["verify"].startswith("0 ") else probe["verify"]
+
+
+def tls_checks(probes: dict[str, dict]) -> None:
+    """Every server must have answered over TLS 1.3, with one cipher for all, on the run's
+    certificate."""
+    for name, probe in probes.items():
+        if probe["protocol"] != "TLSv1.3":
+            raise RuntimeError(f"{name} negotiated {probe['protocol']}, not TLSv1.3")
+        if not probe["verify"].startswith("0 "):
+            raise RuntimeError(f"{name}'s certificate did not verify: {probe['verify']}")
+        if not probe["http_status"].endswith(" 200"):
+            raise RuntimeError(f"{name} answered {probe['http_status']} over TLS, not 200")
+    ciphers = {probe["cipher"] for probe in probes.values()}
+    if len(ciphers) != 1:
+        found = ", ".join(f"{n}: {p['cipher']}" for n, p in probes.items())
+        raise RuntimeError(f"the servers negotiated different ciphers ({found})")
+
+
+def provider_lines(builds: list[str], summary: dict[str, dict[str, dict]],
+                   rounds: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """Which of the first two builds is faster (requests/s) and which is cheaper (CPU per
+    request) in each load, by how much, and whether that is beyond the spread of the rounds."""
+    first, second = builds[0], builds[1]
+    measures = [("requests_per_s", "faster", "requests/s", "{:,.0f}", True),
+                ("cpu_us_per_request", "cheaper", "CPU µs per request", "{:.2f}", False)]
+    lines, verdicts, firm = [], [], []
+    for metric, word, label, fmt, higher in measures:
+        winners = []
+        for key, title, _ in TLS_LOADS:
+            load = title.split(":")[0]
+            ratio = summary[key][first][metric] / summary[key][second][metric]
+            best, other = (first, second) if (ratio >= 1) == higher else (second, first)
+            factor = summary[key][best][metric] / summary[key][other][metric]
+            spans = {
+                name: (min(r[metric] for r in rounds[key][name]),
+                       max(r[metric] for r in rounds[key][name]))
+                for name in (first, second)
+            }
+            apart = (spans[best][0] > spans[other][1] if higher
+                     else spans[best][1] < spans[other][0])
+            winners.append(f"**{best}** {load.lower()} ({factor:.2f}x)")
+            if apart:
+                firm.append(f"{load.lower()} {label}, {best} {factor:.2f}x {other}'s")
+            lines.append(
+                f"- {load}, {label}: **{best}** {word}, **{factor:.2f}x** {other}'s "
+                f"({abs(factor - 1) * 100:.1f}% {'more' if higher else 'less'}); rounds "
+                f"{first} {fmt.format(spans[first][0])}–{fmt.format(spans[first][1])}, "
+                f"{second} {fmt.format(spans[second][0])}–{fmt.format(spans[second][1])}: "
+                + ("apart." if apart else "overlapping, within the spread of the rounds.")
+            )
+        verdicts.append(f"{word} ({label}): " + ", ".join(winners))
+    verdict = "; ".join(verdicts)
+    beyond = ("Beyond the spread of the rounds: " + "; ".join(firm) + "." if firm
+              else "No difference between them is beyond the spread of the rounds.")
+    return [f"Provider: {first} against {second}, the same microservice2 source built with "
+            f"each rustls crypto provider. {verdict[0].upper()}{verdict[1:]}. {beyond}", "",
+            *lines]
+
+
+def tls_main(opts: argparse.Namespace, variants: list[Variant]) -> int:
+    """--tls: starts every server on HTTPS with one certificate made for this run, checks that
+    they negotiate the same protocol and cipher, then runs each load of TLS_LOADS in rounds
+    alternating the servers, and reports ratios to nginx (and between microservice2 builds)."""
+    if opts.k6 or opts.profile:
+        raise SystemExit("bench: --tls drives wrk only (no --k6, no --profile)")
+    names = [v.name for v in variants]
+    peers = [v.name for v in variants if v.kind == "nginx"]
+    if not peers:
+        raise SystemExit("bench: --tls needs an nginx variant to compare against")
+    peer = peers[-1]
+    builds = [v.name for v in variants if v.kind == "m2"]
+    loads = [(key, title, shlex.split(opts.wrk) + extra) for key, title, extra in TLS_LOADS]
+    rounds: dict[str, dict[str, list[dict]]] = {key: {n: [] for n in names} for key, _, _ in loads}
+    probes: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="m2-bench-tls-") as tmp:
+        files = make_certificate(Path(tmp))
+        for variant in variants:
+            variant.tls = files
+        try:
+            for variant in variants:
+                variant.start(opts.workers)
+            for variant in variants:
+                probes[variant.name] = probe = tls_probe(variant, Path(tmp))
+                print(
+                    f"{variant.name:>16}: {probe['protocol']} {probe['cipher']}, "
+                    f"{probe['key_exchange']}, {probe['signature']}, ALPN {probe['alpn']}, "
+                    f"verify {probe['verify']}, {probe['http_status']}, "
+                    f"{probe['tickets']} tickets, resumes: {probe['resumed']}",
+                    flush=True,
+                )
+            tls_checks(probes)
+            for variant in variants:
+                if seconds(opts.warmup) > 0:
+                    run_wrk(variant.url, ["-t1", "-c50", f"-d{opts.warmup}"], None, [])
+            for key, title, wrk_args in loads:
+                for index in range(opts.rounds):
+                    for variant in variants:
+                        drive = lambda v=variant, a=wrk_args: run_wrk(  # noqa: E731
+                            v.url, a, opts.script, opts.script_arg
+                        )
+                        result = measured(variant, counting_connections(drive))
+                        rounds[key][variant.name].append(result)
+                        print(
+                            f"{key} round {index + 1}/{opts.rounds} {variant.name:>16}: "
+                            f"{result['requests_per_s']:>10,.0f} req/s  "
+                            f"{result['cpu_us_per_request']:.2f} CPU µs/req  "
+                            f"{result['connections_per_request']:.3f} connections/req  "
+                            f"{cores_busy_elsewhere(result):.2f} cores busy elsewhere",
+                            flush=True,
+                        )
+                        if variant.proc.poll() is not None:
+                            raise RuntimeError(f"{variant.name} exited during the run")
+        finally:
+            for variant in variants:
+                variant.stop()
+
+    summary = {key: {n: medians(rounds[key][n]) for n in names} for key, _, _ in loads}
+    report: dict = {
+        "mode": opts.mode,
+        "machine": machine(),
+        "command": opts.command,
+        "certificate": "ECDSA P-256, self-signed, CN localhost, SAN DNS:localhost IP:127.0.0.1",
+        "loads": {key: ["wrk", "--latency", *args] for key, _, args in loads},
+        "variants": {v.name: {"kind": v.kind, "args": v.args} for v in variants},
+        "workers": opts.workers,
+        "rounds_per_server": opts.rounds,
+        "peer": peer,
+        "builds": builds,
+        "negotiated": probes,
+        "rounds": rounds,
+        "medians": summary,
+    }
+    targets = []
+    for key, title, _ in loads:
+        for build in builds:
+            mine = summary[key][build]
+            errors = mine.get("non_2xx", 0) + mine.get("socket_errors", 0)
+            # Every request on its own connection, or the load was not the handshake-heavy one.
+            reconnected = key != "handshake" or mine["connections_per_request"] >= 0.95
+            for metric, label, op, target in TLS_TARGETS[key]:
+                ratio = mine[metric] / summary[key][peer][metric]
+                met = ratio >= target if op == ">=" else ratio <= target
+                why = ("" if not errors else f"{errors:,.0f} errors") or (
+                    "" if reconnected else
+                    f"{mine['connections_per_request']:.2f} connections per request")
+                targets.append({"load": key, "build": build, "metric": metric, "label": label,
+                                "ratio": ratio, "op": op, "target": target,
+                                "pass": met and not why, "why": why})
+    report["targets"] = targets
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{opts.mode}.json").write_text(json.dumps(report, indent=2) + "\n")
+    tls_report(report, opts.title, opts.note)
+    return 0
+
+
+def tls_report(report: dict, title: str = "", note: str = "") -> None:
+    """Prints the tables of a --tls run's report (as in bench/results/MODE.json), writes its
+    charts and its section of RESULTS.md."""
+    mode, probes, summary = report["mode"], report["negotiated"], report["medians"]
+    names, peer, builds = list(report["variants"]), report["peer"], report["builds"]
+    loads = [(key, heading, report["loads"][key][2:]) for key, heading, _ in TLS_LOADS]
+    cipher = next(iter(probes.values()))["cipher"]
+    same_kx = len({p["key_exchange"] for p in probes.values()}) == 1
+    negotiated = [
+        "| server | protocol | cipher | key exchange | signature | ALPN | certificate | "
+        "session tickets | resumes an offered session |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, probe in probes.items():
+        negotiated.append(
+            f"| {name} | {probe['protocol']} | {probe['cipher']} | {probe['key_exchange']} | "
+            f"{probe['signature']} | {probe['alpn']} | {tls_verified(probe)} | "
+            f"{probe['tickets']} | {'yes' if probe['resumed'] else 'no'} |"
+        )
+    machine_ = report["machine"]
+    lines = [
+        f"## {title or mode}",
+        "",
+        *([note, ""] if note else []),
+        f"Machine: {machine_['cores']} cores, {machine_['cpu_model']}, "
+        f"kernel {machine_['kernel']}; {machine_['date']}.",
+        "",
+        f"Command: `{report['command']}` — {report['rounds_per_server']} alternating rounds "
+        f"per server and load, medians (errors summed); servers with {report['workers']} "
+        f"workers, all serving one "
+        f"ECDSA P-256 self-signed certificate made for this run (`openssl req`, CN and SAN "
+        f"localhost, 127.0.0.1); nginx with `ssl_protocols TLSv1.3`, session tickets on (its "
+        f"default), the keep-alive settings of the cleartext runs; figures in "
+        f"`bench/results/{mode}.json`.",
+        "",
+        "Negotiated, by `openssl s_client -tls1_3` (the OpenSSL defaults wrk uses too) and one "
+        "GET; `resumes`: a second connection offering the first one's session resumed it:",
+        "",
+        *negotiated,
+        "",
+        f"Same protocol and cipher for every server: **TLSv1.3, {cipher}**"
+        + ("." if same_kx else "; the key exchange differs, as the table shows."),
+        "",
+    ]
+    for key, heading, args in loads:
+        text = table(names, summary[key], METRICS,
+                     [(b, peer) for b in builds] + ([(builds[0], builds[1])] if len(builds) > 1
+                                                    else []))
+        print(f"\n{heading}: wrk --latency {shlex.join(args)}\n{text}")
+        lines += [f"### {heading}", "", f"Load: `wrk --latency {shlex.join(args)}`.", "", text,
+                  ""]
+        busy = [f"{name} {cores_busy(summary[key][name]):.2f}" for name in names]
+        elsewhere = [f"{name} {cores_busy_elsewhere(summary[key][name]):.2f}" for name in names]
+        opened = [f"{name} {summary[key][name]['connections_per_request']:.3f}" for name in names]
+        lines += [f"Of the machine's {report['machine']['cores']} cores, server and wrk together "
+                  f"kept busy: {', '.join(busy)}; anything else (kernel threads, interrupts, "
+                  f"other processes): {', '.join(elsewhere)}. Connections accepted per "
+                  f"request: {', '.join(opened)}.", ""]
+        if key == "handshake":
+            lines += [
+                "wrk keeps each connection's TLS session when it reconnects and offers it "
+                "back, so a server that resumes it (the last column of what was negotiated) "
+                "does a resumed TLS 1.3 handshake (a pre-shared key with a fresh key exchange, "
+                "no certificate signature) for every request after a connection's first. "
+                "Connections accepted per request: TCP connections the machine accepted "
+                "during a server's rounds (`PassiveOpens` of /proc/net/snmp) over its "
+                "requests; 1 means every request had its own.",
+                "",
+            ]
+        chart = RESULTS_DIR / f"{mode}-{key}.svg"
+        svg_chart(names, summary[key], chart, f"{title or mode}: {key}")
+        lines += [f"![{mode} {key} chart](results/{chart.name})", ""]
+    rows = ["| build | load | measure | against nginx | target | result |",
+            "|---|---|---|---|---|---|"]
+    for t in report["targets"]:
+        sign = "≥" if t["op"] == ">=" else "≤"
+        rows.append(
+            f"| {t['build']} | {t['load']} | {t['label']} | {t['ratio']:.2f}x | "
+            f"{sign} {t['target']:.1f}x | **{'pass' if t['pass'] else 'fail'}**"
+            + (f" ({t['why']})" if t["why"] else "") + " |"
+        )
+    lines += [f"Targets (each build against {peer}, medians of this run):", "", *rows, ""]
+    print("\n" + "\n".join(rows))
+    if len(builds) > 1:
+        provider = provider_lines(builds, summary, report["rounds"])
+        print("\n" + "\n".join(provider))
+        lines += [*provider, ""]
+    replace_section(mode, "\n".join(lines))
+    print(f"\nwrote {RESULTS_DIR / (mode + '.json')} and a '{mode}' section of {RESULTS_MD}")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -751,6 +1193,9 @@ def main() -> int:
     parser.add_argument("--title", default="")
     parser.add_argument("--note", default="", help="a sentence to print above the table")
     parser.add_argument("--command", default="bench/run", help="the command line, for the report")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS with a certificate made for the run and drive two "
+                        "loads, keep-alive and a new connection per request")
     opts = parser.parse_args()
 
     specs = opts.variant or ["microservice2=m2", "nginx=nginx"]
@@ -758,6 +1203,8 @@ def main() -> int:
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise SystemExit("bench: variant names must differ")
+    if opts.tls:
+        return tls_main(opts, variants)
     wrk_args = shlex.split(opts.wrk)
     k6_args = shlex.split(opts.k6_args)
     kind = "k6" if opts.k6 else "wrk"

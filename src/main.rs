@@ -113,10 +113,16 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             .as_ref()
             .and_then(|gateway| gateway.tls.as_ref())
             .is_some_and(|tls| tls.settings.insecure);
+        let tls = if config.tls.is_some() {
+            format!("rustls with {}", microservice2::tls::PROVIDER)
+        } else {
+            "off".to_owned()
+        };
         let server = Server::bind(config)?;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             mode,
+            tls = %tls,
             upstreams = %upstreams,
             address = %server.local_addr(),
             admin = ?server.admin_addr(),

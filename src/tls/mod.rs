@@ -16,14 +16,18 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub use client::{ClientSettings, client_config};
 pub use server::{ServerSettings, ServerTls};
 
-/// The crypto provider this build uses: aws-lc-rs unless built with the `ring` feature alone
-/// (bench/RESULTS.md, "TLS crypto provider", has the measurement behind the default).
+/// The crypto provider this build uses: ring (the default feature), or aws-lc-rs when built
+/// with the `aws-lc-rs` feature (bench/RESULTS.md, "TLS crypto provider", has the measurement
+/// behind the default).
 pub fn provider() -> Arc<CryptoProvider> {
     #[cfg(feature = "aws-lc-rs")]
     return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
     return Arc::new(rustls::crypto::ring::default_provider());
 }
+
+#[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+compile_error!("build with a rustls crypto provider: the `ring` (default) or `aws-lc-rs` feature");
 
 /// The provider's name, for the start-up log line.
 pub const PROVIDER: &str = if cfg!(feature = "aws-lc-rs") {
