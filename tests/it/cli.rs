@@ -52,16 +52,7 @@ fn each_bad_setting_exits_2_with_one_line_naming_it() {
         (&["gateway"], &[("M1_CLIENT", "curl")], "M1_CLIENT"),
     ];
     for (args, env, needle) in cases {
-        let output = binary(args)
-            .envs(env.iter().copied())
-            .output()
-            .expect("run the binary");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: {stderr}");
-        assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        assert!(output.stdout.is_empty());
+        crate::support::exits_2_naming(args, env, needle);
     }
 }
 

@@ -15,8 +15,8 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::certs::{Alg, Pair, Pki};
+use crate::support::exits_2_naming;
 use crate::support::{RawResponse, TestServer, binary, config, spawn, tcp_sockets, wait_until};
-use crate::tls::exits_2_naming;
 
 /// How long a test waits for a state.
 const WAIT: Duration = Duration::from_secs(5);

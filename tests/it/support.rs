@@ -445,6 +445,36 @@ pub fn hermetic(command: &mut Command) -> &mut Command {
     command
 }
 
+/// `microservice2 gateway` on 127.0.0.1 port 0, one worker, with `extra` flags, not started.
+pub fn gateway_command(extra: &[&str]) -> Command {
+    let mut args = vec![
+        "gateway",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    binary(&args)
+}
+
+/// Runs the binary with `args` and `env`, asserting it exits 2 with one line on stderr that
+/// names `needle`, and nothing on stdout.
+pub fn exits_2_naming(args: &[&str], env: &[(&str, &str)], needle: &str) {
+    let output = binary(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
 /// A child server process; killed on drop if still running.
 pub struct ChildServer {
     pub child: Child,
@@ -522,17 +552,7 @@ impl ChildServer {
 
     /// [`ChildServer::gateway`] with its stderr sent to `stderr`.
     pub fn gateway_with(extra: &[&str], stderr: Stdio) -> ChildServer {
-        let mut args = vec![
-            "gateway",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--workers",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        ChildServer::start_command(binary(&args), stderr)
+        ChildServer::start_command(gateway_command(extra), stderr)
     }
 
     /// Resident memory now and at its peak (VmRSS, VmHWM), in KiB.

@@ -15,24 +15,9 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::certs::{Alg, Pair, Pki};
 use crate::support::{
-    ChildServer, Client, binary, client_runtime, connect_tcp, masked_response, scrape_on,
+    ChildServer, Client, client_runtime, connect_tcp, exits_2_naming, masked_response, scrape_on,
     wait_until,
 };
-
-/// Runs the binary with `args` (paths already in them) and returns its stderr, asserting it
-/// exited 2 with one line naming `needle`.
-pub(crate) fn exits_2_naming(args: &[&str], env: &[(&str, &str)], needle: &str) {
-    let output = binary(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the binary");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{args:?} {env:?}: {stderr}");
-    assert!(stderr.contains(needle), "{args:?} {env:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(output.stdout.is_empty());
-}
 
 #[test]
 fn every_bad_tls_setting_exits_2_naming_its_flag() {
@@ -733,15 +718,7 @@ fn the_admin_port_and_the_gateway_serve_tls_too() {
     }
     // The gateway reads its own TLS settings from M1_*, and calls a cleartext upstream.
     let upstream = ChildServer::start(&[]);
-    let mut command = binary(&[
-        "gateway",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "1",
-    ]);
+    let mut command = crate::support::gateway_command(&[]);
     command
         .env("M1_TLS_CERT", cert)
         .env("M1_TLS_KEY", key)
