@@ -97,6 +97,12 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         // line is always caught.
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        if config.tls.is_some() {
+            // SIGHUP reloads the certificate: from now on it no longer ends the process (a
+            // handler, once in, stays for the process's life), even before the reload task
+            // listens for it.
+            drop(signal(SignalKind::hangup())?);
+        }
         let summary = format!("{config:?}");
         let behaviour = config.behaviour.clone().unwrap_or_default();
         let mode = if config.gateway.is_some() {

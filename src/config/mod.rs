@@ -171,8 +171,8 @@ impl Config {
         } else {
             None
         };
-        let tls =
-            tls_settings(&parsed).map_err(|err| ConfigError::Invalid(tls_line(&err, &bindings)))?;
+        let tls = tls_settings(&parsed, given(&matches, "tls_alpn"))
+            .map_err(|err| ConfigError::Invalid(tls_line(&err, &bindings)))?;
         let behaviour_var = env::var_of("--behaviour", &bindings).unwrap_or_default();
         Config::resolve(parsed, tls, gateway).map_err(|(text, err)| {
             ConfigError::Invalid(format!(
@@ -291,7 +291,7 @@ fn profile(
 /// The TLS settings, when `--tls-cert` and `--tls-key` are both given, checked by loading
 /// them as the server will: files that cannot be read, a key that does not match, a CA file
 /// with no usable certificate are errors naming their flag.
-fn tls_settings(args: &ServeArgs) -> Result<Option<ServerSettings>, TlsError> {
+fn tls_settings(args: &ServeArgs, alpn_given: bool) -> Result<Option<ServerSettings>, TlsError> {
     let (cert, key) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => (cert, key),
         (None, None) => {
@@ -299,6 +299,12 @@ fn tls_settings(args: &ServeArgs) -> Result<Option<ServerSettings>, TlsError> {
                 return Err(TlsError::new(
                     "--tls-client-ca",
                     "needs --tls-cert and --tls-key: client certificates are a TLS setting",
+                ));
+            }
+            if alpn_given {
+                return Err(TlsError::new(
+                    "--tls-alpn",
+                    "needs --tls-cert and --tls-key: ALPN is a TLS setting",
                 ));
             }
             return Ok(None);
@@ -323,6 +329,12 @@ fn tls_settings(args: &ServeArgs) -> Result<Option<ServerSettings>, TlsError> {
 fn tls_line(err: &TlsError, bindings: &[Binding]) -> String {
     let var = env::var_of(err.flag, bindings).unwrap_or_default();
     format!("{} {err} (flag or env {var})", err.flag)
+}
+
+/// Whether the argument `id` was given (on the command line or, fed in as an argument, by its
+/// environment variable) rather than left at its default.
+fn given(matches: &clap::ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
 }
 
 /// Reduces a clap error to one line, adding the environment variable behind the flag when

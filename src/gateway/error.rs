@@ -85,12 +85,7 @@ impl UpstreamError {
     /// certificate, so a refused one arrives as the answer; under TLS 1.2 it fails the
     /// handshake: a connect error either way.
     pub(crate) fn broken(err: std::io::Error) -> UpstreamError {
-        let kind = if is_tls(&err) {
-            Kind::Connect
-        } else {
-            Kind::Closed
-        };
-        UpstreamError::new(kind, err)
+        UpstreamError::new(tls_kind(&err).unwrap_or(Kind::Closed), err)
     }
 
     pub(crate) fn malformed(cause: impl ToString) -> UpstreamError {
@@ -103,10 +98,29 @@ impl UpstreamError {
     }
 }
 
-/// Whether `err` is rustls's: the TLS session failed, not the HTTP on it.
-pub(crate) fn is_tls(err: &std::io::Error) -> bool {
-    err.get_ref()
-        .is_some_and(|inner| inner.is::<rustls::Error>())
+/// The kind of a failed TLS session, when `err` is one: the server refusing the session (an
+/// alert about the client's certificate or the handshake: TLS 1.3 delivers it as the answer to
+/// the first request) is a connect error; any other TLS failure (a record that fails to
+/// decrypt, an alert mid-answer) ended the connection under the request. `None` when `err`
+/// is not a TLS error.
+pub(crate) fn tls_kind(err: &std::io::Error) -> Option<Kind> {
+    use rustls::AlertDescription as Alert;
+    let tls = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let refused = matches!(
+        tls,
+        rustls::Error::AlertReceived(
+            Alert::CertificateRequired
+                | Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::AccessDenied
+                | Alert::HandshakeFailure
+        )
+    );
+    Some(if refused { Kind::Connect } else { Kind::Closed })
 }
 
 /// How one attempt ended: an answer with its status, or a failure.

@@ -11,7 +11,7 @@ use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, Uri};
 
 use super::Forward;
-use super::error::{Kind, UpstreamError, is_tls};
+use super::error::{Kind, UpstreamError, tls_kind};
 use super::lean::Response as Reply;
 
 /// One request through hyper-util's pooled client, its body read whole: refused at once when
@@ -75,8 +75,8 @@ fn error_of(err: &(dyn std::error::Error + 'static), connect: bool) -> UpstreamE
         // error of kind invalid input or data; rustls's errors are of kind invalid data too,
         // and are a failed TLS session (see `UpstreamError::broken`).
         let io = err.downcast_ref::<std::io::Error>();
-        if io.is_some_and(is_tls) {
-            kind = Kind::Connect;
+        if let Some(tls) = io.and_then(tls_kind) {
+            kind = tls;
         } else if io.is_some_and(|io| {
             matches!(
                 io.kind(),

@@ -218,6 +218,13 @@ impl Pool {
         if let Err(err) = connection.stream.write_all(request).await {
             return Err(UpstreamError::broken(err));
         }
+        // A TLS session may hold the request's records when the socket was full: send them
+        // (the reads that follow write nothing). A socket holds nothing back.
+        if let Stream::Tls(tls) = &mut connection.stream {
+            if let Err(err) = tls.flush().await {
+                return Err(UpstreamError::broken(err));
+            }
+        }
         let (response, reusable, read) = read_response(&mut connection, self.max_body).await?;
         if reusable && connection.buffer.is_empty() {
             if read > READ_SIZE {

@@ -132,7 +132,11 @@ impl Gateway {
                 builder
                     .pool_timer(TokioTimer::new())
                     .pool_max_idle_per_host(config.pool_max_idle);
-                match &config.tls {
+                let https = config
+                    .upstreams
+                    .iter()
+                    .any(|upstream| upstream.uri.scheme_str() == Some("https"));
+                match config.tls.as_ref().filter(|_| https) {
                     None => Caller::HyperUtil(Box::new(builder.build(connector))),
                     Some(tls) => {
                         // https:// upstreams too: the TLS layer over it takes those. `From`

@@ -84,13 +84,16 @@ impl Connection {
     /// over the session. A client that opens with anything but a TLS handshake record (a
     /// cleartext request) is closed at once, with nothing written.
     pub(super) async fn serve_tls(mut self, stream: TcpStream, acceptor: TlsAcceptor) {
-        let start = Instant::now();
+        // The handshake's duration counts from its first byte, not from the connection's
+        // start (a client may connect ahead of need).
+        let mut start = Instant::now();
         let handshake = async {
             let mut first = [0u8; 1];
             match stream.peek(&mut first).await {
                 Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
                 _ => return None,
             }
+            start = Instant::now();
             acceptor.accept(stream).await.ok()
         };
         let mut stop = self.stop.clone();

@@ -431,7 +431,7 @@ impl<S: Stream> Connection<'_, S> {
 
     /// Ends the connection: a clean end (the client's close, a timeout, shutdown) lets a TLS
     /// session send its `close_notify`; after an error or a stalled write it is just dropped.
-    async fn closed(mut self, reason: CloseReason) -> Outcome<S> {
+    async fn closed(&mut self, reason: CloseReason) -> Outcome<S> {
         if reason.is_clean() {
             self.stream.close(self.timeouts.write).await;
         }

@@ -12,15 +12,18 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::Request;
-use hyper::body::Incoming;
+use std::convert::Infallible;
+
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
+use hyper::{Request, Response};
 use tokio::time::Instant;
 
 use super::connection::{AvatarService, Connection, LocalExec, ended_by};
 use super::fast::Prefixed;
 use super::stream::Stream;
 use super::watched::Activity;
+use crate::behaviour::body::Body;
 use crate::ops::metrics::CloseReason;
 use crate::routes::Recorded;
 
@@ -93,7 +96,7 @@ impl Connection {
     }
 }
 
-/// The connection's service, counting its streams that wait for an answer.
+/// The connection's service, counting its streams until their answers are written.
 #[derive(Debug)]
 struct Streams {
     service: AvatarService,
@@ -101,36 +104,69 @@ struct Streams {
 }
 
 impl hyper::service::Service<Request<Incoming>> for Streams {
-    type Response = <AvatarService as hyper::service::Service<Request<Incoming>>>::Response;
-    type Error = <AvatarService as hyper::service::Service<Request<Incoming>>>::Error;
+    type Response = Response<CountedBody>;
+    type Error = Infallible;
     type Future = Counted;
 
     fn call(&self, request: Request<Incoming>) -> Counted {
         self.open.set(self.open.get() + 1);
         Counted {
             answer: self.service.call(request),
-            open: Rc::clone(&self.open),
+            open: Some(Open(Rc::clone(&self.open))),
         }
     }
 }
 
-/// A stream's answer; the stream stops counting as open once its answer is made or it is
-/// dropped (a body still being written counts as bytes moving).
-struct Counted {
-    answer: Recorded,
-    open: Rc<Cell<usize>>,
-}
+/// One stream counted as open; dropped when its answer is written, or abandoned.
+#[derive(Debug)]
+struct Open(Rc<Cell<usize>>);
 
-impl Future for Counted {
-    type Output = <Recorded as Future>::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.answer).poll(cx)
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.open.set(self.open.get().saturating_sub(1));
+/// A stream's answer being made; the count moves into its body.
+struct Counted {
+    answer: Recorded,
+    open: Option<Open>,
+}
+
+impl Future for Counted {
+    type Output = Result<Response<CountedBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let response = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        let open = this.open.take();
+        Poll::Ready(response.map(|response| response.map(|body| CountedBody { body, _open: open })))
+    }
+}
+
+/// A body that keeps its stream counted as open until it is written whole (a paced body
+/// with long pauses is not idle) or dropped.
+struct CountedBody {
+    body: Body,
+    _open: Option<Open>,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = <Body as hyper::body::Body>::Data;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -63,7 +63,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// The separate listener for `/healthz`, `/readyz` and `/metrics` (`--admin-port`).
     admin: Option<(StdListener, SocketAddr)>,
-    /// `--tls-cert`: every listener serves TLS with it.
+    /// `--tls-cert`: every listener serves TLS with it (client certificates are asked for on
+    /// the main port only).
     tls: Option<Arc<ServerTls>>,
 }
 
@@ -286,7 +287,7 @@ fn run_worker(
             fast_path: config.fast_path_allowed(),
             routes: Rc::new(routes),
             http: Rc::new(http),
-            tls: tls.map(|tls| tls.acceptor()),
+            tls: tls.map(|tls| (tls.acceptor(false), tls.acceptor(true))),
         };
         // Each connection holds a sender; `recv` yields `None` once all have ended.
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -328,8 +329,9 @@ struct Worker {
     fast_path: bool,
     routes: Rc<Routes>,
     http: Rc<http1::Builder>,
-    /// Set when serving TLS: every connection's handshake.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Set when serving TLS: every connection's handshake, on the main port and on the admin
+    /// port (which asks for no client certificate).
+    tls: Option<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsAcceptor)>,
 }
 
 impl Worker {
@@ -384,7 +386,8 @@ impl Worker {
                 _open: open.clone(),
             };
             match &self.tls {
-                Some(acceptor) => {
+                Some((main, admin_only)) => {
+                    let acceptor = if admin { admin_only } else { main };
                     tokio::task::spawn_local(connection.serve_tls(stream, acceptor.clone()));
                 }
                 None => {

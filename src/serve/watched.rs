@@ -195,8 +195,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         }
     }
 
+    /// A TLS session's goodbye (`close_notify`) waits for room in the socket like any write.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_shutdown(cx) {
+            Poll::Pending => this.poll_stalled(cx),
+            ready => {
+                this.waiting_since = None;
+                ready
+            }
+        }
     }
 }
 
@@ -237,6 +245,47 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(3));
         assert!(activity.write_timed_out());
         drop(far);
+    }
+
+    /// A stream whose flush and shutdown never finish: a TLS session whose last records the
+    /// client never takes.
+    struct Stuck;
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_or_a_shutdown_that_never_finishes_fails_at_the_timeout() {
+        let activity = Rc::new(Activity::default());
+        let mut watched = Watched::new(Stuck, Duration::from_secs(3), Rc::clone(&activity));
+        let start = Instant::now();
+        let err = watched.flush().await.expect_err("a stalled flush fails");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        let mut watched = Watched::new(Stuck, Duration::from_secs(3), Rc::clone(&activity));
+        let start = Instant::now();
+        let err = watched
+            .shutdown()
+            .await
+            .expect_err("a stalled shutdown fails");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert!(activity.write_timed_out());
     }
 
     #[tokio::test]

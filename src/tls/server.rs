@@ -53,6 +53,9 @@ pub struct ServerTls {
     settings: ServerSettings,
     keys: Arc<Keys>,
     config: Arc<ServerConfig>,
+    /// The admin listener's: the same certificate and tickets, never a client certificate
+    /// asked for, so probes and scrapes that have none (a kubelet's) get through.
+    admin: Arc<ServerConfig>,
 }
 
 /// The current certificate and key, and the files' stamps when they were read.
@@ -79,9 +82,31 @@ impl ServerTls {
             stamps: Mutex::new(stamps),
         });
         let provider = provider();
-        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(VERSIONS)
-            .map_err(|err| TlsError::new("--tls-cert", err.to_string()))?;
+        let builder = || {
+            ServerConfig::builder_with_provider(Arc::clone(&provider))
+                .with_protocol_versions(VERSIONS)
+                .map_err(|err| TlsError::new("--tls-cert", err.to_string()))
+        };
+        let finish = |mut config: ServerConfig| {
+            config.alpn_protocols = settings
+                .alpn
+                .iter()
+                .map(|proto| proto.as_bytes().to_vec())
+                .collect();
+            // Resumption: stateless tickets (TLS 1.3 and 1.2), and rustls's default cache of
+            // 256 sessions for TLS 1.2 clients that resume by session id. Each configuration
+            // has keys of its own: a session the admin port made without a client
+            // certificate must not resume on a main port that asks for one.
+            config.ticketer =
+                ticketer().map_err(|err| TlsError::new("--tls-cert", err.to_string()))?;
+            Ok::<_, TlsError>(Arc::new(config))
+        };
+        let admin = finish(
+            builder()?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::clone(&keys) as _),
+        )?;
+        let builder = builder()?;
         let builder = match &settings.client_ca {
             Some(ca) => {
                 let verifier = WebPkiClientVerifier::builder_with_provider(
@@ -94,25 +119,19 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let mut config = builder.with_cert_resolver(Arc::clone(&keys) as _);
-        config.alpn_protocols = settings
-            .alpn
-            .iter()
-            .map(|proto| proto.as_bytes().to_vec())
-            .collect();
-        // Resumption: stateless tickets (TLS 1.3 and 1.2), and rustls's default cache of
-        // 256 sessions for TLS 1.2 clients that resume by session id.
-        config.ticketer = ticketer().map_err(|err| TlsError::new("--tls-cert", err.to_string()))?;
+        let config = finish(builder.with_cert_resolver(Arc::clone(&keys) as _))?;
         Ok(ServerTls {
             settings: settings.clone(),
             keys,
-            config: Arc::new(config),
+            config,
+            admin,
         })
     }
 
-    /// What accepts a connection's handshake.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(Arc::clone(&self.config))
+    /// What accepts a connection's handshake: on the main port, or (`admin`) on the admin
+    /// port, where no client certificate is asked for.
+    pub fn acceptor(&self, admin: bool) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(if admin { &self.admin } else { &self.config }))
     }
 
     /// Reads the files again and, when they make a good pair, serves it to new handshakes;

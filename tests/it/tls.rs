@@ -105,6 +105,8 @@ fn every_bad_tls_setting_exits_2_naming_its_flag() {
             "--tls-client-ca",
         ),
         (vec!["--tls-alpn", "h3"], vec![], "--tls-alpn"),
+        (vec!["--tls-alpn", "h2"], vec![], "--tls-alpn"),
+        (vec![], vec![("M2_TLS_ALPN", "http/1.1")], "M2_TLS_ALPN"),
         (vec!["--tls-alpn", "h2,h2"], vec![], "--tls-alpn"),
         (vec![], vec![("M2_TLS_ALPN", "spdy")], "M2_TLS_ALPN"),
         // Gateway mode: its own TLS reads M1_*.
@@ -885,4 +887,115 @@ fn a_refused_renegotiation_is_told_to_the_client_at_once() {
     let _ = client.kill();
     let _ = client.wait();
     assert!(refused, "the refusal never reached the client");
+}
+
+#[test]
+fn with_mutual_tls_the_admin_port_asks_no_client_certificate_so_probes_and_healthcheck_pass() {
+    let pki = Pki::new("mtls-admin");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let ca = pki.ca();
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let (cert, key, ca_file) = (path(&pair.cert), path(&pair.key), path(&ca));
+    let server = crate::support::spawn(crate::support::config(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca_file,
+        "--admin-port",
+        "0",
+    ]));
+    let admin = server.admin.expect("an admin port");
+    let anonymous = client_config(&pki, None, &["http/1.1"]);
+    let mut probe = https(admin, &anonymous);
+    probe.send(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(probe.read_response(false).status, 200);
+    // The main port still refuses a client without a certificate.
+    let refused = tls_connect(server.addr, &anonymous).and_then(|mut tls| {
+        tls.write_all(GET)?;
+        let mut byte = [0u8; 1];
+        tls.read(&mut byte)
+    });
+    assert!(refused.is_err(), "{refused:?}");
+    // And the container health check, pointed at the admin port.
+    let url = format!("https://127.0.0.1:{}/healthz", admin.port());
+    let status = crate::support::binary(&["healthcheck", &url, "--ca", &ca_file])
+        .status()
+        .expect("run the health check");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_handshake_that_stalls_is_closed_at_the_header_timeout_and_an_idle_session_gets_close_notify() {
+    let pki = Pki::new("handshake-timeout");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    let server = tls_server(&pair, &["--header-timeout", "1s", "--idle-timeout", "1s"]);
+    let config = client_config(&pki, None, &["http/1.1"]);
+    // A record header announcing a ClientHello, then nothing.
+    let mut stalled = connect_tcp(server.addr);
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got);
+    let waited = started.elapsed();
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    // An idle session on the fast path ends at the idle timeout with close_notify: a clean end.
+    let mut idle = https(server.addr, &config);
+    idle.send(GET);
+    assert_eq!(idle.read_response(false).status, 200);
+    let mut byte = [0u8; 1];
+    assert_eq!(idle.stream().read(&mut byte).expect("a clean end"), 0);
+    let closed = |reason| {
+        tls_metric(
+            server.addr,
+            &config,
+            "microservice2_connections_closed_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(closed("tls_handshake"), 1.0);
+    assert_eq!(closed("idle_timeout"), 1.0);
+    let failed = [("result", "failed")];
+    assert_eq!(
+        tls_metric(
+            server.addr,
+            &config,
+            "microservice2_tls_handshakes_total",
+            &failed
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_paced_http2_body_with_pauses_longer_than_the_idle_timeout_is_not_cut() {
+    let pki = Pki::new("h2-drip");
+    let pair = pki.server("server", Alg::Ecdsa, 1);
+    // The 33-byte injected body over 3 s: a chunk every 94 ms, more than the idle timeout.
+    // (The first deadline is the header timeout; the idle one is looked at from then on.)
+    let server = tls_server(
+        &pair,
+        &["--header-timeout", "300ms", "--idle-timeout", "40ms"],
+    );
+    let config = client_config(&pki, None, &["h2"]);
+    client_runtime().block_on(async {
+        let (mut sender, _connection) = h2_session(server.addr, config).await;
+        let response = sender
+            .send_request(h2_get("?status=503&drip=3s"))
+            .await
+            .expect("an answer");
+        assert_eq!(response.status(), 503);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("the whole body")
+            .to_bytes();
+        assert_eq!(&body[..], br#"{"error":"injected","status":503}"#);
+    });
 }
