@@ -100,3 +100,46 @@ fn error_of(err: &(dyn std::error::Error + 'static), connect: bool) -> UpstreamE
     }
     UpstreamError { kind, cause }
 }
+
+/// A connector whose whole connect (TCP, then the TLS handshake) is held to a limit: the TCP
+/// connect has its own timeout, the handshake none, and hyper-util finishes a connect that
+/// lost a race for a pooled connection in the background, where no call's deadline reaches
+/// it. An upstream that takes TCP connections and then stalls the handshake would keep each
+/// such socket for ever.
+#[derive(Debug, Clone)]
+pub(super) struct Timed<C> {
+    pub(super) inner: C,
+    pub(super) limit: std::time::Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower_service::Service<Uri> for Timed<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connect = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connect).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("connect and TLS handshake took over {limit:?}").into()),
+            }
+        })
+    }
+}

@@ -96,7 +96,7 @@ impl Lean {
 #[derive(Debug)]
 enum Caller {
     HyperUtil(Box<Client<HttpConnector, Empty<Bytes>>>),
-    HyperUtilTls(Box<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>),
+    HyperUtilTls(Box<Client<hyper_util::Timed<HttpsConnector<HttpConnector>>, Empty<Bytes>>>),
     Lean(Lean),
 }
 
@@ -143,7 +143,12 @@ impl Gateway {
                         // keeps the configuration's ALPN (HTTP/1.1 only), which the builder
                         // would insist on setting itself.
                         connector.enforce_http(false);
-                        let connector = HttpsConnector::from((connector, tls.for_worker()));
+                        // Twice the call's deadline: a call sees that deadline's 504 first,
+                        // as with the lean client; the limit is for connects left behind.
+                        let connector = hyper_util::Timed {
+                            inner: HttpsConnector::from((connector, tls.for_worker())),
+                            limit: config.timeout.saturating_mul(2),
+                        };
                         Caller::HyperUtilTls(Box::new(builder.build(connector)))
                     }
                 }

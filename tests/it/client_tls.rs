@@ -34,6 +34,7 @@ crate::gateway::with_each_client!(
     records_without_data_on_an_idle_connection_leave_it_pooled,
     a_close_notify_on_an_idle_connection_retires_it_unseen,
     new_connections_resume_the_workers_tls_sessions,
+    an_upstream_that_stalls_the_handshake_is_let_go_at_the_timeout,
 );
 
 /// A server configuration for `pair`, requiring client certificates signed by `client_ca`
@@ -515,4 +516,35 @@ fn healthcheck_checks_https_urls_against_its_ca_or_none() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+fn an_upstream_that_stalls_the_handshake_is_let_go_at_the_timeout(client: &str) {
+    // Takes TCP connections and never answers the ClientHello.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let url = format!("https://{addr}/v1/avatar");
+    let gateway = gateway(
+        client,
+        &[url],
+        &["--upstream-insecure", "--timeout", "300ms"],
+    );
+    let mut caller = gateway.connect();
+    caller.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = caller.read_response(false);
+    assert_eq!(response.status, 504, "{}", response.body_text());
+    // The gateway lets the half-made connection go: the upstream sees its end.
+    let (mut held, _) = listener.accept().expect("the gateway's connection");
+    held.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut hello = vec![0u8; 64 * 1024];
+    let mut ended = false;
+    while let Ok(n) = std::io::Read::read(&mut held, &mut hello) {
+        if n == 0 {
+            ended = true;
+            break;
+        }
+    }
+    assert!(
+        ended,
+        "the gateway kept a connection whose handshake never finished"
+    );
 }
