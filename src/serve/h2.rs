@@ -46,7 +46,11 @@ impl Connection {
         let mut connection = std::pin::pin!(connection);
         let mut stop = self.stop.clone();
         let ended = loop {
-            let deadline = self.deadline(start, &activity, open.get());
+            // Looked at again at least every idle timeout: bytes may arrive and streams
+            // close without waking this loop.
+            let deadline = self
+                .deadline(start, &activity, open.get())
+                .min(Instant::now() + self.timeouts.idle);
             tokio::select! {
                 ended = connection.as_mut() => break Some(ended),
                 _ = faults.raised() => {

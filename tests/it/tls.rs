@@ -979,11 +979,7 @@ fn a_paced_http2_body_with_pauses_longer_than_the_idle_timeout_is_not_cut() {
     let pki = Pki::new("h2-drip");
     let pair = pki.server("server", Alg::Ecdsa, 1);
     // The 33-byte injected body over 3 s: a chunk every 94 ms, more than the idle timeout.
-    // (The first deadline is the header timeout; the idle one is looked at from then on.)
-    let server = tls_server(
-        &pair,
-        &["--header-timeout", "300ms", "--idle-timeout", "40ms"],
-    );
+    let server = tls_server(&pair, &["--idle-timeout", "40ms"]);
     let config = client_config(&pki, None, &["h2"]);
     client_runtime().block_on(async {
         let (mut sender, _connection) = h2_session(server.addr, config).await;
