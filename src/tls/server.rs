@@ -190,6 +190,8 @@ impl ServerTls {
                 }
             };
             let outcome = self.reload();
+            // Counted before it is logged: whoever sees the log line finds it counted.
+            reloaded(outcome.clone());
             match &outcome {
                 Ok(()) => tracing::info!(
                     cause,
@@ -202,7 +204,6 @@ impl ServerTls {
                     err.flag
                 ),
             }
-            reloaded(outcome);
         }
     }
 }
