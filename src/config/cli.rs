@@ -137,6 +137,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "M2_TLS_CLIENT_CA", value_name = "PATH")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Add server-timing (injected and total time) and x-m2-injected (what was injected) to the main path's answers; the fast path is off.
+    #[arg(long, env = "M2_SERVER_TIMING")]
+    pub server_timing: bool,
+
     /// Log line format; RUST_LOG filters (default: info).
     #[arg(long, env = "M2_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

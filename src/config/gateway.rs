@@ -23,7 +23,7 @@ const GATEWAY_PORT: &str = "8080";
 const GATEWAY_PATH: &str = "/v1/user";
 
 /// The gateway's own settings read `M1_*` variables: (argument, variable).
-const GATEWAY_ENV: [(&str, &str); 16] = [
+const GATEWAY_ENV: [(&str, &str); 17] = [
     ("host", "M1_DOMAIN"),
     ("port", "M1_PORT"),
     ("path", "M1_PATH"),
@@ -40,6 +40,7 @@ const GATEWAY_ENV: [(&str, &str); 16] = [
     ("tls_key", "M1_TLS_KEY"),
     ("tls_alpn", "M1_TLS_ALPN"),
     ("tls_client_ca", "M1_TLS_CLIENT_CA"),
+    ("server_timing", "M1_SERVER_TIMING"),
 ];
 
 /// `microservice2 gateway`.

@@ -83,6 +83,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     pub no_metrics: bool,
     pub http2: bool,
+    /// `--server-timing`: the main path's answers say what was injected and how long it took.
+    pub server_timing: bool,
     pub log_format: LogFormat,
     pub access_log: bool,
     pub access_log_sample: f64,
@@ -222,6 +224,7 @@ impl Config {
             shutdown_delay: args.shutdown_delay,
             no_metrics: args.no_metrics,
             http2: args.http2,
+            server_timing: args.server_timing,
             log_format: args.log_format,
             access_log: args.access_log,
             access_log_sample: args.access_log_sample,
@@ -250,10 +253,13 @@ impl Config {
     }
 
     /// Whether every request can take the fast path's fixed answer: no server-wide profile
-    /// and no load shedding, which both need each request counted and planned, and no
-    /// `--no-fast-path`.
+    /// and no load shedding, which both need each request counted and planned, no
+    /// `--no-fast-path`, and no `--server-timing` (its headers are per request).
     pub fn fast_path_allowed(&self) -> bool {
-        self.profile.is_empty() && self.max_inflight.is_none() && !self.no_fast_path
+        self.profile.is_empty()
+            && self.max_inflight.is_none()
+            && !self.no_fast_path
+            && !self.server_timing
     }
 
     /// The number of workers to run: the configured count, or the CPUs this process may use

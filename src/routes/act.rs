@@ -9,7 +9,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 
 use super::admission::InflightGuard;
-use super::reply::{FaultSignal, Reply, with_headers};
+use super::reply::{FaultSignal, Injected, Reply, with_headers};
 use super::{JSON, Routes};
 use crate::avatar;
 use crate::behaviour::body::{Body, Content};
@@ -132,6 +132,13 @@ impl Routes {
         };
         let mut response = with_headers(body, headers);
         *response.status_mut() = status;
+        if self.server_timing {
+            response.extensions_mut().insert(Injected {
+                delay: plan.delay,
+                status: plan.status,
+                truncated: plan.fault == Some(Fault::Truncate),
+            });
+        }
         response
     }
 

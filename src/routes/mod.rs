@@ -59,6 +59,8 @@ pub struct Routes {
     max_inflight: Option<usize>,
     max_hang: Duration,
     shared: Shared,
+    /// `--server-timing`: the main path's answers carry `server-timing` and `x-m2-injected`.
+    pub(super) server_timing: bool,
     /// This worker's metrics; recorded unless `--no-metrics`.
     metrics: Arc<WorkerMetrics>,
     record: bool,
@@ -99,6 +101,7 @@ impl Routes {
             limits: config.limits(),
             max_inflight: config.max_inflight.map(usize::from),
             max_hang: config.max_hang,
+            server_timing: config.server_timing,
             shared: shared.clone(),
             metrics,
             record: !config.no_metrics,

@@ -7,10 +7,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{HeaderMap, Method, Response, StatusCode};
 use tokio::sync::Notify;
 
@@ -45,6 +45,47 @@ impl FaultSignal {
     }
 }
 
+/// What behaviour injection did to an answer, kept on it for `--server-timing`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Injected {
+    pub(super) delay: Duration,
+    pub(super) status: Option<u16>,
+    pub(super) truncated: bool,
+}
+
+/// `--server-timing`'s headers on `response`, made after `total`: `server-timing: inject;dur=…,
+/// total;dur=…` (milliseconds), and `x-m2-injected` naming what was injected, if anything.
+fn add_server_timing(response: &mut Response<Body>, total: Duration) {
+    let injected = response.extensions_mut().remove::<Injected>();
+    let delay = injected.map_or(Duration::ZERO, |injected| injected.delay);
+    let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
+    let timing = format!("inject;dur={:.1}, total;dur={:.1}", ms(delay), ms(total));
+    let mut what = Vec::new();
+    if let Some(injected) = injected {
+        if !injected.delay.is_zero() {
+            what.push(format!("delay={:.1}ms", ms(injected.delay)));
+        }
+        if let Some(status) = injected.status {
+            what.push(format!("status={status}"));
+        }
+        if injected.truncated {
+            what.push("fault=truncate".to_owned());
+        }
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&timing) {
+        headers.insert(SERVER_TIMING, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&what.join(", ")) {
+        if !what.is_empty() {
+            headers.insert(INJECTED, value);
+        }
+    }
+}
+
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+const INJECTED: HeaderName = HeaderName::from_static("x-m2-injected");
+
 /// A [`Reply`] that records its request in the metrics once answered. A request dropped
 /// before its answer (a socket fault, a client gone) is not counted as answered.
 pub struct Recorded {
@@ -62,7 +103,12 @@ impl Future for Recorded {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let response = std::task::ready!(Pin::new(&mut this.reply).poll(cx));
+        let mut response = std::task::ready!(Pin::new(&mut this.reply).poll(cx));
+        if this.routes.server_timing && matches!(this.route, Route::Avatar | Route::Gateway) {
+            if let Ok(response) = &mut response {
+                add_server_timing(response, this.start.elapsed());
+            }
+        }
         if let Ok(response) = &response {
             let elapsed = this.start.elapsed();
             let status = response.status().as_u16();

@@ -430,3 +430,84 @@ fn a_count_body_is_shared_not_copied_per_request() {
     );
     drop(held);
 }
+
+/// The injected and total milliseconds an answer's `server-timing` header gives.
+fn timings(response: &crate::support::RawResponse) -> (f64, f64) {
+    let value = response.header("server-timing").expect("server-timing");
+    let metric = |name: &str| -> f64 {
+        value
+            .split(", ")
+            .find_map(|part| part.strip_prefix(&format!("{name};dur=")))
+            .unwrap_or_else(|| panic!("no {name} in {value:?}"))
+            .parse()
+            .expect("milliseconds")
+    };
+    (metric("inject"), metric("total"))
+}
+
+#[test]
+fn server_timing_says_what_was_injected_and_how_long_it_took() {
+    let plain = spawn(config(&[]));
+    let mut client = plain.connect();
+    client.send(b"GET /v1/avatar?delay=20ms HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = client.read_response(false);
+    assert_eq!(response.header("server-timing"), None, "off by default");
+    assert_eq!(response.header("x-m2-injected"), None);
+
+    let server = spawn(config(&["--server-timing"]));
+    let mut client = server.connect();
+    client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 200);
+    let (inject, total) = timings(&response);
+    assert_eq!(inject, 0.0);
+    assert!(total >= 0.0, "{total}");
+    assert_eq!(response.header("x-m2-injected"), None, "nothing injected");
+
+    client.send(b"GET /v1/avatar?delay=30ms&status=503 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 503);
+    let (inject, total) = timings(&response);
+    assert_eq!(inject, 30.0);
+    assert!(total >= 30.0, "{total}");
+    assert_eq!(
+        response.header("x-m2-injected"),
+        Some("delay=30.0ms, status=503")
+    );
+
+    client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\nx-m2-behaviour: fault=truncate\r\n\r\n");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.stream().read(&mut byte).expect("read"), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.contains("\r\nx-m2-injected: fault=truncate\r\n"),
+        "{head}"
+    );
+}
+
+#[test]
+fn the_gateway_says_its_own_timing_too() {
+    let upstream = spawn(config(&[]));
+    let upstream_url = format!("http://{}/v1/avatar", upstream.addr);
+    // The gateway acts out its own profile (--behaviour), then calls the upstream.
+    let gateway = spawn(config(&[
+        "gateway",
+        "--upstream",
+        &upstream_url,
+        "--server-timing",
+        "--behaviour",
+        "delay=10ms",
+    ]));
+    let mut client = gateway.connect();
+    client.send(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = client.read_response(false);
+    assert_eq!(response.status, 200);
+    let (inject, total) = timings(&response);
+    assert_eq!(inject, 10.0);
+    assert!(total >= 10.0, "{total}");
+    assert_eq!(response.header("x-m2-injected"), Some("delay=10.0ms"));
+}
