@@ -6,13 +6,12 @@
 //! and idles forever. A socket fault raised by any stream ends the whole connection.
 
 use std::cell::Cell;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use std::convert::Infallible;
 
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
