@@ -101,6 +101,17 @@ impl Output {
         Poll::Ready(Ok(()))
     }
 
+    /// [`Output::poll_write`], then a flush: a TLS session sends the records it made of the
+    /// output (a socket holds none back). `Ready(Ok)` once all of it is on the socket.
+    pub(super) fn poll_sent<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_write(stream, cx))?;
+        Pin::new(stream).poll_flush(cx)
+    }
+
     /// Waits until `stream` takes the rest of the output (and, over TLS, the records made of
     /// it); fails when a write makes no progress for `limit` (a client that stopped
     /// reading). Uses the connection's timer, which the caller re-arms afterwards.
@@ -114,15 +125,8 @@ impl Output {
         timer.as_mut().reset(progress_at + limit);
         std::future::poll_fn(|cx| {
             let before = self.pending;
-            if let Poll::Ready(result) = self.poll_write(stream, cx) {
-                // A TLS session then sends the records it holds; a socket holds none.
-                let flushed = match result {
-                    Ok(()) => Pin::new(&mut *stream).poll_flush(cx),
-                    Err(err) => Poll::Ready(Err(err)),
-                };
-                if let Poll::Ready(result) = flushed {
-                    return Poll::Ready(result.map_err(|err| CloseReason::of_io(&err)));
-                }
+            if let Poll::Ready(result) = self.poll_sent(stream, cx) {
+                return Poll::Ready(result.map_err(|err| CloseReason::of_io(&err)));
             }
             if self.pending < before {
                 progress_at = Instant::now();

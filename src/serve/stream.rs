@@ -126,12 +126,7 @@ impl Stream for TlsStream {
         // takes them: written means flushed too. A waker that does nothing: whoever waits
         // afterwards polls again with its own.
         let mut cx = Context::from_waker(Waker::noop());
-        match output.poll_write(self, &mut cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(err)) => return Err(err),
-            Poll::Pending => return Ok(false),
-        }
-        match Pin::new(self).poll_flush(&mut cx) {
+        match output.poll_sent(self, &mut cx) {
             Poll::Ready(result) => result.map(|()| true),
             Poll::Pending => Ok(false),
         }

@@ -121,6 +121,20 @@ impl<T> Watched<T> {
         Poll::Pending
     }
 
+    /// After a flush or a shutdown: done (no write waits any more), or still waiting, held to
+    /// the timeout like a write.
+    fn settled(
+        &mut self,
+        result: Poll<io::Result<()>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if result.is_pending() {
+            return self.poll_stalled(cx);
+        }
+        self.waiting_since = None;
+        result
+    }
+
     fn wrote(
         &mut self,
         result: Poll<io::Result<usize>>,
@@ -186,25 +200,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     /// waits is a stalled write too.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Pending => this.poll_stalled(cx),
-            ready => {
-                this.waiting_since = None;
-                ready
-            }
-        }
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        this.settled(result, cx)
     }
 
     /// A TLS session's goodbye (`close_notify`) waits for room in the socket like any write.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.io).poll_shutdown(cx) {
-            Poll::Pending => this.poll_stalled(cx),
-            ready => {
-                this.waiting_since = None;
-                ready
-            }
-        }
+        let result = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.settled(result, cx)
     }
 }
 
