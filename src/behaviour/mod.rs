@@ -4,12 +4,14 @@
 //! One grammar everywhere (`delay=…&status=…`), read from three sources merged key by key, the
 //! later winning: the server profile (`--behaviour`), the `x-m2-behaviour` request header, and
 //! the request's query string. Parsing ([`parse`]) and sampling (`sample.rs`) are pure and
-//! unit-tested; the server applies the outcome of a [`Plan`].
+//! unit-tested; the server applies the outcome of a [`Plan`]. A [`scenario`] scripts the server
+//! profile over time: phases, each a behaviour held for a duration, read from a YAML file.
 
 pub(crate) mod body;
 pub mod parse;
 mod plan;
 pub(crate) mod sample;
+pub mod scenario;
 mod values;
 
 pub use parse::{Controls, Limits};
