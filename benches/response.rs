@@ -30,11 +30,17 @@ fn benches(c: &mut Criterion) {
             routes.record(Route::Avatar, MethodLabel::Get, 200, elapsed, 1);
         })
     });
-    let request = hyper::Request::get("/v1/avatar")
-        .body(())
-        .expect("a valid request");
+    let request = || {
+        hyper::Request::get("/v1/avatar")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("a valid request")
+    };
     c.bench_function("hyper_response", |b| {
-        b.iter(|| black_box(routes.call(black_box(&request), &faults, false)))
+        b.iter_batched(
+            request,
+            |request| black_box(routes.call(request, &faults, false, None)),
+            criterion::BatchSize::SmallInput,
+        )
     });
     let location = HeaderValue::from_static("/v1/avatar");
     let mut instant = Duration::new(1_798_761_599, 0);

@@ -141,6 +141,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "M2_SERVER_TIMING")]
     pub server_timing: bool,
 
+    /// Serve the control API (/admin/behaviour, /admin/scenario): change the server-wide behaviour while serving; on the admin port when there is one.
+    #[arg(long, env = "M2_CONTROL")]
+    pub control: bool,
+
+    /// With --control: require `authorization: Bearer TOKEN` on /admin/*.
+    #[arg(long, env = "M2_CONTROL_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub control_token: Option<String>,
+
+    /// A YAML file of phases, each a behaviour profile for a duration, played from the start (docs/behaviour.md).
+    #[arg(long, env = "M2_SCENARIO", value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+
     /// Log line format; RUST_LOG filters (default: info).
     #[arg(long, env = "M2_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -216,6 +228,17 @@ pub(crate) fn parse_positive_duration(value: &str) -> Result<Duration, String> {
         duration if duration.is_zero() => Err("must be more than 0".to_owned()),
         duration => Ok(duration),
     }
+}
+
+/// A bearer token: 16 to 256 visible ASCII characters (a short token can be guessed).
+fn parse_token(value: &str) -> Result<String, String> {
+    if !(16..=256).contains(&value.len()) {
+        return Err("expected 16 to 256 characters".to_owned());
+    }
+    if !value.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err("expected visible ASCII only (no spaces)".to_owned());
+    }
+    Ok(value.to_owned())
 }
 
 fn parse_ratio(value: &str) -> Result<f64, String> {

@@ -10,8 +10,11 @@ pub(crate) mod gateway;
 pub(crate) mod size;
 
 use std::ffi::OsString;
+use std::io::Read as _;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -19,6 +22,7 @@ use clap::{CommandFactory, FromArgMatches, ValueEnum};
 
 use crate::avatar;
 use crate::behaviour::parse::Unknown;
+use crate::behaviour::scenario::Scenario;
 use crate::behaviour::{BehaviourError, Controls, Limits};
 use crate::time::DateHeader;
 use crate::tls::{PemFile, ServerSettings, ServerTls, TlsError};
@@ -85,6 +89,12 @@ pub struct Config {
     pub http2: bool,
     /// `--server-timing`: the main path's answers say what was injected and how long it took.
     pub server_timing: bool,
+    /// `--control`: the control API (`/admin/*`) may change the server-wide behaviour.
+    pub control: bool,
+    /// `--control-token`: the bearer token `/admin/*` requires.
+    pub control_token: Option<String>,
+    /// `--scenario`: the phases the server-wide behaviour goes through, loaded and checked.
+    pub scenario: Option<Arc<Scenario>>,
     pub log_format: LogFormat,
     pub access_log: bool,
     pub access_log_sample: f64,
@@ -175,30 +185,49 @@ impl Config {
         };
         let tls = tls_settings(&parsed, given(&matches, "tls_alpn"))
             .map_err(|err| ConfigError::Invalid(tls_line(&err, &bindings)))?;
-        let behaviour_var = env::var_of("--behaviour", &bindings).unwrap_or_default();
-        Config::resolve(parsed, tls, gateway).map_err(|(text, err)| {
-            ConfigError::Invalid(format!(
-                "invalid value '{text}' for '--behaviour <CONTROLS>': {err} (flag or env {behaviour_var})"
-            ))
-        })
+        Config::resolve(parsed, tls, gateway, &bindings).map_err(ConfigError::Invalid)
     }
 
-    /// The resolved configuration: the profile parsed and bounded. The error names the
-    /// profile's text.
+    /// The resolved configuration: the profile parsed and bounded, the scenario loaded. The
+    /// error is one line naming the setting.
     fn resolve(
         args: ServeArgs,
         tls: Option<ServerSettings>,
         gateway: Option<GatewayConfig>,
-    ) -> Result<Config, (String, BehaviourError)> {
-        let limits = Limits {
-            max_delay: args.max_delay,
-            max_count: args.max_count,
+        bindings: &[Binding],
+    ) -> Result<Config, String> {
+        let var = |flag: &str| env::var_of(flag, bindings).unwrap_or_default();
+        let check = ProfileCheck {
+            limits: Limits {
+                max_delay: args.max_delay,
+                max_count: args.max_count,
+            },
+            upstream_body: gateway.as_ref().map(|gateway| gateway.max_upstream_body),
         };
         let profile = match &args.behaviour {
-            Some(text) => {
-                profile(text, &limits, gateway.as_ref()).map_err(|err| (text.clone(), err))?
-            }
+            Some(text) => check.check(text).map_err(|err| {
+                format!(
+                    "invalid value '{text}' for '--behaviour <CONTROLS>': {err} (flag or env {})",
+                    var("--behaviour")
+                )
+            })?,
             None => Controls::default(),
+        };
+        if args.control_token.is_some() && !args.control {
+            return Err(format!(
+                "--control-token needs --control (flag or env {})",
+                var("--control")
+            ));
+        }
+        let scenario = match &args.scenario {
+            Some(path) => Some(Arc::new(load_scenario(path, &check).map_err(|err| {
+                format!(
+                    "invalid value '{}' for '--scenario <FILE>': {err} (flag or env {})",
+                    path.display(),
+                    var("--scenario")
+                )
+            })?)),
+            None => None,
         };
         Ok(Config {
             host: args.host,
@@ -225,6 +254,9 @@ impl Config {
             no_metrics: args.no_metrics,
             http2: args.http2,
             server_timing: args.server_timing,
+            control: args.control,
+            control_token: args.control_token,
+            scenario,
             log_format: args.log_format,
             access_log: args.access_log,
             access_log_sample: args.access_log_sample,
@@ -252,14 +284,32 @@ impl Config {
         )
     }
 
-    /// Whether every request can take the fast path's fixed answer: no server-wide profile
-    /// and no load shedding, which both need each request counted and planned, no
-    /// `--no-fast-path`, and no `--server-timing` (its headers are per request).
+    /// Whether plain requests may take the fast path's fixed answer: no server-wide profile
+    /// (or one that can change: then each batch asks whether it is empty now) and no load
+    /// shedding, which both need each request counted and planned, no `--no-fast-path`, and
+    /// no `--server-timing` (its headers are per request).
     pub fn fast_path_allowed(&self) -> bool {
-        self.profile.is_empty()
+        (self.profile.is_empty() || self.behaviour_changes())
             && self.max_inflight.is_none()
             && !self.no_fast_path
             && !self.server_timing
+    }
+
+    /// Whether the server-wide behaviour can change while the server runs: by the control API
+    /// or a scenario.
+    pub fn behaviour_changes(&self) -> bool {
+        self.control || self.scenario.is_some()
+    }
+
+    /// How a behaviour profile given while the server runs is checked: as `--behaviour` is.
+    pub fn profile_check(&self) -> ProfileCheck {
+        ProfileCheck {
+            limits: self.limits(),
+            upstream_body: self
+                .gateway
+                .as_ref()
+                .map(|gateway| gateway.max_upstream_body),
+        }
     }
 
     /// The number of workers to run: the configured count, or the CPUs this process may use
@@ -271,27 +321,49 @@ impl Config {
     }
 }
 
-/// The `--behaviour` profile: parsed, and its `rate` bounded by the longest body it could
-/// pace (the upstream's, in gateway mode, where `count` has no place).
-fn profile(
-    text: &str,
-    limits: &Limits,
-    gateway: Option<&GatewayConfig>,
-) -> Result<Controls, BehaviourError> {
-    let profile = Controls::parse(text, limits, Unknown::Reject)?;
-    let longest = match (gateway, profile.count) {
-        (Some(_), Some(_)) => {
-            return Err(BehaviourError::new(
-                "count",
-                "no count: the gateway passes the upstream's body on",
-            ));
-        }
-        (Some(gateway), None) => gateway.max_upstream_body,
-        (None, Some(count)) => avatar::list(count).len(),
-        (None, None) => avatar::TEMPLATE.len(),
-    };
-    profile.check_rate(longest, limits)?;
-    Ok(profile)
+/// How a server-wide behaviour profile is checked (`--behaviour`, the control API, each
+/// phase of a scenario): parsed, and its `rate` bounded by the longest body it could pace
+/// (the upstream's, in gateway mode, where `count` has no place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileCheck {
+    limits: Limits,
+    /// Gateway mode: `--max-upstream-body`.
+    upstream_body: Option<usize>,
+}
+
+impl ProfileCheck {
+    pub fn check(&self, text: &str) -> Result<Controls, BehaviourError> {
+        let profile = Controls::parse(text, &self.limits, Unknown::Reject)?;
+        let longest = match (self.upstream_body, profile.count) {
+            (Some(_), Some(_)) => {
+                return Err(BehaviourError::new(
+                    "count",
+                    "no count: the gateway passes the upstream's body on",
+                ));
+            }
+            (Some(body), None) => body,
+            (None, Some(count)) => avatar::list(count).len(),
+            (None, None) => avatar::TEMPLATE.len(),
+        };
+        profile.check_rate(longest, &self.limits)?;
+        Ok(profile)
+    }
+}
+
+/// The largest scenario file read.
+const MAX_SCENARIO_FILE: u64 = 1024 * 1024;
+
+/// Reads and checks a `--scenario` file.
+fn load_scenario(path: &Path, check: &ProfileCheck) -> Result<Scenario, String> {
+    let file = std::fs::File::open(path).map_err(|err| format!("cannot read it: {err}"))?;
+    let mut text = String::new();
+    file.take(MAX_SCENARIO_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("cannot read it as UTF-8 text: {err}"))?;
+    if text.len() as u64 > MAX_SCENARIO_FILE {
+        return Err("larger than 1 MiB".to_owned());
+    }
+    Scenario::parse(&text, &|profile| check.check(profile)).map_err(|err| err.to_string())
 }
 
 /// The TLS settings, when `--tls-cert` and `--tls-key` are both given, checked by loading

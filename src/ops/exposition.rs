@@ -2,8 +2,8 @@
 //! scrape: the only place that adds the workers' counters up.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::metrics::{
     BUCKETS, CloseReason, Handshake, METHODS, MethodLabel, OUTCOMES, Route, WorkerMetrics,
@@ -20,6 +20,28 @@ pub struct Registry {
     upstreams: Arc<[String]>,
     /// Certificate reloads: [ok, failed]. Written by the server's reload task, not a worker.
     reloads: Arc<[AtomicU64; 2]>,
+    /// Changes of the server-wide behaviour: [control, scenario].
+    changes: Arc<[AtomicU64; 2]>,
+    /// The scenario's phase names and the one that applies now, when a scenario is loaded.
+    scenario: Arc<Mutex<Option<Phases>>>,
+}
+
+/// What changed the server-wide behaviour: the `source` label of
+/// `microservice2_behaviour_changes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// The control API (`PUT`/`DELETE /admin/behaviour`, a scenario replaced or restarted).
+    Control,
+    /// A scenario moving from one phase to the next.
+    Scenario,
+}
+
+/// A loaded scenario's phases, for `microservice2_scenario_phase`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phases {
+    pub names: Vec<String>,
+    /// The phase that applies now; `None` before the scenario's start and after its end.
+    pub current: Option<usize>,
 }
 
 impl Registry {
@@ -32,6 +54,8 @@ impl Registry {
             ),
             upstreams: upstreams.into(),
             reloads: Arc::default(),
+            changes: Arc::default(),
+            scenario: Arc::default(),
         }
     }
 
@@ -109,11 +133,15 @@ impl Registry {
              # HELP microservice2_connections_accepted_total Connections accepted.\n\
              # TYPE microservice2_connections_accepted_total counter\n\
              microservice2_connections_accepted_total {accepted}\n\
+             # HELP microservice2_fast_path_handovers_total Connections the fast path handed to hyper, at the first request it does not answer.\n\
+             # TYPE microservice2_fast_path_handovers_total counter\n\
+             microservice2_fast_path_handovers_total {}\n\
              # HELP microservice2_connections_open Connections open now.\n\
              # TYPE microservice2_connections_open gauge\n\
              microservice2_connections_open {}\n\
              # HELP microservice2_connections_closed_total Connections closed, by why they ended.\n\
              # TYPE microservice2_connections_closed_total counter",
+            self.sum(|w| load(&w.handed_over)),
             accepted.saturating_sub(closed)
         );
         for reason in CloseReason::ALL {
@@ -138,6 +166,7 @@ impl Registry {
             );
         }
         self.render_tls(&mut out);
+        self.render_behaviour(&mut out);
         if !self.upstreams.is_empty() {
             self.render_upstreams(&mut out);
         }
@@ -190,6 +219,53 @@ impl Registry {
             load(&self.reloads[0]),
             load(&self.reloads[1]),
         );
+    }
+
+    /// Behaviour changes by source, and the scenario's phases (only while one is loaded).
+    fn render_behaviour(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_behaviour_changes_total Changes of the server-wide behaviour, by what changed it.\n\
+             # TYPE microservice2_behaviour_changes_total counter\n\
+             microservice2_behaviour_changes_total{{source=\"control\"}} {}\n\
+             microservice2_behaviour_changes_total{{source=\"scenario\"}} {}",
+            self.changes[0].load(Ordering::Relaxed),
+            self.changes[1].load(Ordering::Relaxed),
+        );
+        let scenario = self
+            .scenario
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(phases) = scenario.as_ref() else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_scenario_phase 1 for the scenario's phase that applies now, 0 for the others.\n\
+             # TYPE microservice2_scenario_phase gauge"
+        );
+        for (index, name) in phases.names.iter().enumerate() {
+            let value = u8::from(phases.current == Some(index));
+            let _ = writeln!(
+                out,
+                "microservice2_scenario_phase{{name=\"{}\"}} {value}",
+                escape(name)
+            );
+        }
+    }
+
+    /// The server-wide behaviour changed.
+    pub fn behaviour_changed(&self, source: ChangeSource) {
+        let index = usize::from(source == ChangeSource::Scenario);
+        self.changes[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The scenario loaded now, and its phase that applies (`None`: no scenario).
+    pub fn set_scenario(&self, phases: Option<Phases>) {
+        *self
+            .scenario
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = phases;
     }
 
     /// A certificate reload happened: it took, or the old certificate stays.

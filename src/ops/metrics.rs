@@ -19,16 +19,19 @@ pub enum Route {
     NotFound,
     /// Gateway mode's path.
     Gateway,
+    /// The control API, `/admin/*`.
+    Control,
 }
 
 impl Route {
-    pub(super) const ALL: [Route; 6] = [
+    pub(super) const ALL: [Route; 7] = [
         Route::Avatar,
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
         Route::NotFound,
         Route::Gateway,
+        Route::Control,
     ];
 
     pub(super) fn label(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::NotFound => "not_found",
             Route::Gateway => "gateway",
+            Route::Control => "control",
         }
     }
 }
@@ -217,6 +221,8 @@ pub struct WorkerMetrics {
     /// [route]: total nanoseconds.
     pub(super) duration_sum: Vec<AtomicU64>,
     pub(super) accepted: AtomicU64,
+    /// Connections the fast path handed to hyper.
+    pub(super) handed_over: AtomicU64,
     /// [reason].
     pub(super) closed: [AtomicU64; CloseReason::ALL.len()],
     pub(super) faults: [AtomicU64; 4],
@@ -270,6 +276,7 @@ impl WorkerMetrics {
             buckets: zeros(ROUTES * (BUCKETS.len() + 1)),
             duration_sum: zeros(ROUTES),
             accepted: AtomicU64::new(0),
+            handed_over: AtomicU64::new(0),
             closed: Default::default(),
             faults: Default::default(),
             handshakes: Default::default(),
@@ -304,6 +311,11 @@ impl WorkerMetrics {
 
     pub fn connection_accepted(&self) {
         bump(&self.accepted, 1);
+    }
+
+    /// The fast path handed a connection to hyper (a request it does not answer came).
+    pub fn handed_over(&self) {
+        bump(&self.handed_over, 1);
     }
 
     pub fn connection_closed(&self, reason: CloseReason) {

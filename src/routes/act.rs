@@ -46,7 +46,7 @@ impl Routes {
 
     /// The controls for this request: the server profile, then the header, then the query.
     pub(super) fn controls<B>(&self, request: &Request<B>) -> Result<Controls, BehaviourError> {
-        let mut controls = self.profile.clone();
+        let mut controls = self.profile_now();
         if !self.allow_request_behaviour {
             return Ok(controls);
         }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::Routes;
+use super::live::{Live, Profile};
 use crate::behaviour::Controls;
+use crate::config::Config;
 use crate::ops::exposition::Registry;
 
 /// State shared by all workers. The request path touches none of it but for requests on the
@@ -19,21 +21,44 @@ pub struct Shared {
     /// Connections open on all workers, for `--max-connections` (touched per connection).
     pub(super) connections: Arc<AtomicUsize>,
     pub(super) metrics: Registry,
+    /// The server-wide behaviour as it is now (read by workers only when it can change).
+    pub(super) live: Arc<Live>,
 }
 
 impl Shared {
+    /// The shared state of `workers` workers with every default setting.
     pub fn new(workers: usize) -> Shared {
-        Shared::with_upstreams(workers, Vec::new())
+        Shared::for_config(&Config::default(), workers)
     }
 
-    /// Gateway mode's shared state: metrics also count calls to `upstreams` (their URLs).
-    pub fn with_upstreams(workers: usize, upstreams: Vec<String>) -> Shared {
+    /// The shared state of `workers` workers serving `config`; a scenario starts now. In
+    /// gateway mode metrics also count calls to each upstream (by URL).
+    pub fn for_config(config: &Config, workers: usize) -> Shared {
+        let upstreams = config.gateway.as_ref().map_or_else(Vec::new, |gateway| {
+            gateway.upstreams.iter().map(|u| u.url.clone()).collect()
+        });
+        let start = Profile {
+            text: config.behaviour.clone().unwrap_or_default(),
+            controls: config.profile.clone(),
+        };
+        let live = Live::new(
+            start,
+            config.scenario.clone(),
+            config.profile_check(),
+            std::time::Instant::now(),
+        );
         Shared {
             inflight: Arc::default(),
             ready: Arc::new(AtomicBool::new(true)),
             connections: Arc::default(),
             metrics: Registry::new(workers.max(1), upstreams),
+            live: Arc::new(live),
         }
+    }
+
+    /// The server-wide behaviour as it is now.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live)
     }
 
     /// Counts a new connection in, unless `limit` are open already.

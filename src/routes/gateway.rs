@@ -33,7 +33,8 @@ impl Routes {
         request: &Request<B>,
         faults: &Rc<FaultSignal>,
     ) -> Reply {
-        let guard = match self.admit(&self.profile, true) {
+        let profile = self.profile_now();
+        let guard = match self.admit(&profile, true) {
             Admission::Admitted(guard) => guard,
             Admission::Shed => return Reply::now(overloaded()),
         };
@@ -46,7 +47,7 @@ impl Routes {
         } else {
             Forward::default()
         };
-        self.later(&self.profile, guard, faults, Some(forward))
+        self.later(&profile, guard, faults, Some(forward))
     }
 
     /// Whether this worker serves gateway mode.

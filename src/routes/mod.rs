@@ -6,10 +6,13 @@
 mod act;
 mod admission;
 mod classify;
+mod control;
 mod gateway;
+pub mod live;
 mod reply;
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,7 +56,13 @@ const PROMETHEUS: HeaderValue =
 pub struct Routes {
     path: String,
     avatars: RefCell<AvatarCache>,
+    /// The server-wide profile, when it cannot change (no `--control`, no `--scenario`).
     profile: Controls,
+    /// Set when the server-wide profile can change: this worker's copy of the one that
+    /// applies now.
+    live: Option<RefCell<live::Cached>>,
+    /// `--control` (with its token): `/admin/*` may change the server-wide behaviour.
+    control: Option<control::Control>,
     allow_request_behaviour: bool,
     limits: Limits,
     max_inflight: Option<usize>,
@@ -97,6 +106,10 @@ impl Routes {
             path: config.path.clone(),
             avatars: RefCell::new(AvatarCache::new(config.date_header, location.clone())),
             profile: config.profile.clone(),
+            live: config
+                .behaviour_changes()
+                .then(|| live::Cached::new(&shared.live, Instant::now())),
+            control: control::Control::of(config),
             allow_request_behaviour: config.allow_request_behaviour,
             limits: config.limits(),
             max_inflight: config.max_inflight.map(usize::from),
@@ -118,6 +131,29 @@ impl Routes {
     /// The main path: the avatars, or the upstream call in gateway mode.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Whether plain requests may take the fast path now (`now` reads the clock): the
+    /// server-wide profile is empty (it always is when it cannot change, or the fast path
+    /// would be off).
+    #[inline]
+    pub fn fast_path_open(&self, now: impl FnOnce() -> Instant) -> bool {
+        match &self.live {
+            None => true,
+            Some(cached) => cached.borrow_mut().plain_at(&self.shared.live, now()),
+        }
+    }
+
+    /// The server-wide profile that applies now.
+    fn profile_now(&self) -> Controls {
+        match &self.live {
+            None => self.profile.clone(),
+            Some(cached) => {
+                let mut cached = cached.borrow_mut();
+                let current = cached.at(&self.shared.live, Instant::now());
+                current.profile.controls.clone()
+            }
+        }
     }
 
     /// Whether the request at the front of `buf` is one the fast path may answer.
@@ -174,8 +210,11 @@ impl Routes {
         );
     }
 
-    /// The route a request path falls under, on a main (`admin == false`) or admin listener.
-    fn route(&self, path: &str, admin: bool) -> Route {
+    /// The route a request falls under, on a main (`admin == false`) or admin listener.
+    fn route(&self, method: &Method, path: &str, admin: bool) -> Route {
+        if (admin || !self.admin_port) && self.is_control(method, path) {
+            return Route::Control;
+        }
         if admin || !self.admin_port {
             match path {
                 HEALTHZ => return Route::Healthz,
@@ -195,23 +234,34 @@ impl Routes {
         }
     }
 
-    /// Answers one request and records it when it is answered.
+    /// Answers one request from `peer` and records it when it is answered.
     pub fn call<B>(
         self: &Rc<Self>,
-        request: &Request<B>,
+        request: Request<B>,
         faults: &Rc<FaultSignal>,
         admin: bool,
-    ) -> Recorded {
+        peer: Option<SocketAddr>,
+    ) -> Recorded
+    where
+        B: hyper::body::Body + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let start = Instant::now();
-        let route = self.route(request.uri().path(), admin);
+        let route = self.route(request.method(), request.uri().path(), admin);
         let access = self
             .access_logging()
             .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let method = MethodLabel::of(request.method());
+        let reply = if route == Route::Control {
+            self.control(request, peer)
+        } else {
+            self.respond(&request, route, faults)
+        };
         Recorded {
-            reply: self.respond(request, route, faults),
+            reply,
             routes: Rc::clone(self),
             route,
-            method: MethodLabel::of(request.method()),
+            method,
             start,
             access,
         }
@@ -278,7 +328,7 @@ impl Routes {
                 return Reply::now(plain(StatusCode::OK, PROMETHEUS, text));
             }
             Route::Gateway => return self.forward(request, faults),
-            Route::Avatar | Route::NotFound => {}
+            Route::Avatar | Route::NotFound | Route::Control => {}
         }
         let controls = match self.controls(request) {
             Ok(controls) => controls,

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -38,6 +39,8 @@ pub(super) struct Connection {
     pub(super) fast_path: bool,
     /// Accepted on the admin listener: only the admin paths are served.
     pub(super) admin: bool,
+    /// The client's address, for the control API's log of changes.
+    pub(super) peer: Option<SocketAddr>,
     pub(super) routes: Rc<Routes>,
     pub(super) http: Rc<http1::Builder>,
     pub(super) stop: watch::Receiver<bool>,
@@ -74,6 +77,7 @@ impl Connection {
         match outcome {
             Outcome::Closed(reason) => self.reason = Some(reason),
             Outcome::Hyper(stream) => {
+                self.routes.metrics().handed_over();
                 let h2 = self.http2 && stream.prefix().starts_with(H2_PREFACE_START);
                 Box::pin(self.serve_hyper(stream, h2)).await;
             }
@@ -161,6 +165,7 @@ impl Connection {
             routes: Rc::clone(&self.routes),
             faults: Rc::clone(&faults),
             admin: self.admin,
+            peer: self.peer,
         };
         (service, faults)
     }
@@ -305,6 +310,7 @@ pub(super) struct AvatarService {
     routes: Rc<Routes>,
     faults: Rc<FaultSignal>,
     admin: bool,
+    peer: Option<SocketAddr>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for AvatarService {
@@ -313,6 +319,7 @@ impl hyper::service::Service<Request<Incoming>> for AvatarService {
     type Future = Recorded;
 
     fn call(&self, request: Request<Incoming>) -> Recorded {
-        self.routes.call(&request, &self.faults, self.admin)
+        self.routes
+            .call(request, &self.faults, self.admin, self.peer)
     }
 }

@@ -318,6 +318,10 @@ impl<S: Stream> Connection<'_, S> {
     {
         let routes = self.routes;
         while !batch.full {
+            if !routes.fast_path_open(std::time::Instant::now) {
+                batch.hand_over = true;
+                return;
+            }
             let (len, head_only) = match routes.classify(&self.buf) {
                 Head::Avatar { len, head_only } => (len, head_only),
                 Head::Partial => return,
@@ -466,6 +470,12 @@ impl Batch {
         now: Instant,
         output: &mut Output,
     ) -> usize {
+        // A server-wide profile that can change may not be empty now: then hyper plans
+        // every request from here on.
+        if !routes.fast_path_open(|| now.into_std()) {
+            self.hand_over = true;
+            return 0;
+        }
         let mut used = 0;
         loop {
             match routes.classify(&input[used..]) {

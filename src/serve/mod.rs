@@ -107,11 +107,9 @@ impl Server {
             )),
             None => None,
         };
-        let upstreams = config.gateway.as_ref().map_or_else(Vec::new, |gateway| {
-            gateway.upstreams.iter().map(|u| u.url.clone()).collect()
-        });
         Ok(Server {
-            shared: Shared::with_upstreams(workers, upstreams),
+            // A scenario's phases count from here: the listeners are open.
+            shared: Shared::for_config(&config, workers),
             config: Arc::new(config),
             listeners,
             local_addr: addr,
@@ -191,9 +189,13 @@ impl Server {
                 None => std::future::pending().await,
             }
         };
+        // Each phase of a scenario is logged and counted as it begins.
+        let live = self.shared.live();
+        let log_scenario = live.log_scenario(self.shared.metrics());
         tokio::select! {
             () = shutdown => {}
             () = watch_tls => {}
+            () = log_scenario => {}
         }
         tracing::info!(
             delay = ?self.config.shutdown_delay,
@@ -346,11 +348,11 @@ impl Worker {
         let mut stopping = stop.clone();
         let mut last_error_log: Option<tokio::time::Instant> = None;
         loop {
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 biased;
                 _ = stopping.wait_for(|stopped| *stopped) => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => stream,
+                    Ok(accepted) => accepted,
                     Err(err) if is_per_connection(&err) => continue,
                     Err(err) => {
                         // Out of file descriptors, say: back off rather than spin, and log
@@ -379,6 +381,7 @@ impl Worker {
                 http2: self.http2,
                 fast_path: self.fast_path && !admin,
                 admin,
+                peer: Some(peer),
                 routes: Rc::clone(&self.routes),
                 http: Rc::clone(&self.http),
                 stop: stop.clone(),

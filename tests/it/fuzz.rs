@@ -75,9 +75,9 @@ proptest! {
         if let Some(header) = &header {
             request = request.header("x-m2-behaviour", header.as_str());
         }
-        if let Ok(request) = request.body(()) {
+        if let Ok(request) = request.body(http_body_util::Empty::<bytes::Bytes>::new()) {
             let asked = Asked { method: &method, path: &path, query: &query, header: header.as_deref() };
-            check(&asked, answer(&routes, &request, &faults))?;
+            check(&asked, answer(&routes, request, &faults))?;
         }
     }
 }
@@ -118,7 +118,11 @@ enum Answer {
 
 /// Answers `request` on a paused clock: delays, pacing and hangs pass at once, so every
 /// reply, behaviour included, is read whole.
-fn answer(routes: &Rc<Routes>, request: &hyper::Request<()>, faults: &Rc<FaultSignal>) -> Answer {
+fn answer(
+    routes: &Rc<Routes>,
+    request: hyper::Request<http_body_util::Empty<bytes::Bytes>>,
+    faults: &Rc<FaultSignal>,
+) -> Answer {
     use http_body_util::BodyExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -126,7 +130,7 @@ fn answer(routes: &Rc<Routes>, request: &hyper::Request<()>, faults: &Rc<FaultSi
         .build()
         .expect("a paused runtime");
     runtime.block_on(async {
-        let recorded = routes.call(request, faults, false);
+        let recorded = routes.call(request, faults, false, None);
         let Ok(response) = tokio::select! {
             biased;
             fault = faults.raised() => return Answer::Fault(fault),
