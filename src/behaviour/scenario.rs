@@ -23,9 +23,9 @@ pub const MAX_PHASES: usize = 1000;
 /// position well inside `u64` nanoseconds.
 pub const MAX_LENGTH: Duration = Duration::from_secs(30 * 86_400);
 
-/// The shortest phase: tokio's timers tick in milliseconds, so a shorter phase could never be
-/// observed.
-pub const MIN_PHASE: Duration = Duration::from_millis(1);
+/// The shortest phase: workers switch within 10 ms of a boundary, so a shorter phase could
+/// not be told apart; it also bounds the phase log of a looping scenario to 100 lines a second.
+pub const MIN_PHASE: Duration = Duration::from_millis(10);
 
 /// The longest phase name: it becomes a label value, read on dashboards.
 pub const MAX_NAME: usize = 64;
@@ -297,7 +297,7 @@ fn parse_phase(
     }
     .map_err(|expected| error(format!("{at}duration: {expected}")))?;
     if duration < MIN_PHASE {
-        return Err(error(format!("{at}duration: must be at least 1ms")));
+        return Err(error(format!("{at}duration: must be at least 10ms")));
     }
     let behaviour = match required("behaviour")? {
         Value::String(text) => text.clone(),

@@ -109,11 +109,11 @@ fn every_error_names_the_phase_and_the_key() {
         ),
         (
             phase("{name: b, duration: 0s, behaviour: \"\"}"),
-            "phase 2 (b): duration: must be at least 1ms",
+            "phase 2 (b): duration: must be at least 10ms",
         ),
         (
-            phase("{name: b, duration: 500us, behaviour: \"\"}"),
-            "phase 2 (b): duration: must be at least 1ms",
+            phase("{name: b, duration: 9ms, behaviour: \"\"}"),
+            "phase 2 (b): duration: must be at least 10ms",
         ),
         (
             phase("{name: b, duration: 30, behaviour: \"\"}"),
@@ -218,7 +218,7 @@ fn yaml_that_does_not_parse_reports_its_line() {
 fn a_scenario_lasts_at_most_30_days() {
     let scenario = scenario("", &["720h"]);
     assert_eq!(scenario.length(), MAX_LENGTH);
-    let text = "phases:\n  - {name: a, duration: 720h, behaviour: \"\"}\n  - {name: b, duration: 1ms, behaviour: \"\"}\n";
+    let text = "phases:\n  - {name: a, duration: 720h, behaviour: \"\"}\n  - {name: b, duration: 10ms, behaviour: \"\"}\n";
     assert_eq!(
         message(text),
         "phase 2 (b): duration: the scenario would last more than 30 days"
