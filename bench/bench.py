@@ -537,16 +537,17 @@ def measured(variant: Variant, drive) -> dict:
 
 def callgrind_run(
     binary: Path, requests_wanted: int, connections: int, gateway: bool = False,
-    gateway_args: list[str] | None = None,
+    gateway_args: list[str] | None = None, serve_args: list[str] | None = None,
 ) -> tuple[int, int]:
     """Runs the server under callgrind with one worker, drives it with wrk until at least
     `requests_wanted` requests were answered (0: none), stops it, and returns
     (instructions, requests). With `gateway`, the server under callgrind is
     `microservice2 gateway` (with `gateway_args`), in front of a serve-mode upstream running
-    natively."""
+    natively. `serve_args` are added to the server's own flags (either mode)."""
     port = free_port()
     upstream = None
-    args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            *(serve_args or [])]
     path = "/v1/avatar"
     if gateway:
         upstream_port = free_port()
@@ -592,10 +593,11 @@ def callgrind_run(
 
 
 def instructions_per_request(
-    binary: Path, requests: int, gateway: bool = False, gateway_args: list[str] | None = None
+    binary: Path, requests: int, gateway: bool = False, gateway_args: list[str] | None = None,
+    serve_args: list[str] | None = None,
 ) -> dict:
-    base, _ = callgrind_run(binary, 0, 10, gateway, gateway_args)
-    loaded, served = callgrind_run(binary, requests, 10, gateway, gateway_args)
+    base, _ = callgrind_run(binary, 0, 10, gateway, gateway_args, serve_args)
+    loaded, served = callgrind_run(binary, requests, 10, gateway, gateway_args, serve_args)
     return {
         "instructions_total": loaded,
         "instructions_startup_shutdown": base,
