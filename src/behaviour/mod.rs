@@ -4,14 +4,17 @@
 //! One grammar everywhere (`delay=…&status=…`), read from three sources merged key by key, the
 //! later winning: the server profile (`--behaviour`), the `x-m2-behaviour` request header, and
 //! the request's query string. Parsing ([`parse`]) and sampling (`sample.rs`) are pure and
-//! unit-tested; the server applies the outcome of a [`Plan`].
+//! unit-tested; the server applies the outcome of a [`Plan`]. `fail-first=N` remembers each
+//! request id's attempts in [`Attempts`], shared by the workers.
 
+pub mod attempts;
 pub(crate) mod body;
 pub mod parse;
 mod plan;
 pub(crate) mod sample;
 mod values;
 
+pub use attempts::{Attempts, Failure};
 pub use parse::{Controls, Limits};
 
 /// The request header that carries behaviour controls.
@@ -24,7 +27,8 @@ pub use sample::Rng;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{expected} (param {param})")]
 pub struct BehaviourError {
-    /// The control's name: `delay`, `status`, `fault`, `count`, `drip`, `rate`, `seed`.
+    /// The control's name: `delay`, `status`, `fault`, `count`, `drip`, `rate`, `seed`,
+    /// `fail-first`.
     pub param: String,
     /// What was expected instead, in words.
     pub expected: String,
