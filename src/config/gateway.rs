@@ -23,7 +23,7 @@ const GATEWAY_PORT: &str = "8080";
 const GATEWAY_PATH: &str = "/v1/user";
 
 /// The gateway's own settings read `M1_*` variables: (argument, variable).
-const GATEWAY_ENV: [(&str, &str); 17] = [
+const GATEWAY_ENV: [(&str, &str); 20] = [
     ("host", "M1_DOMAIN"),
     ("port", "M1_PORT"),
     ("path", "M1_PATH"),
@@ -41,6 +41,9 @@ const GATEWAY_ENV: [(&str, &str); 17] = [
     ("tls_alpn", "M1_TLS_ALPN"),
     ("tls_client_ca", "M1_TLS_CLIENT_CA"),
     ("server_timing", "M1_SERVER_TIMING"),
+    ("attempt_header", "M1_ATTEMPT_HEADER"),
+    ("attempt_keys", "M1_ATTEMPT_KEYS"),
+    ("attempt_ttl", "M1_ATTEMPT_TTL"),
 ];
 
 /// `microservice2 gateway`.
