@@ -1,11 +1,13 @@
 //! Admission: the state all workers share (requests in flight, readiness, open
-//! connections), and whether a request may go on under `--max-inflight`.
+//! connections, `fail-first`'s attempts), and whether a request may go on under
+//! `--max-inflight`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::Routes;
-use crate::behaviour::Controls;
+use crate::behaviour::{Attempts, Controls};
+use crate::config::Config;
 use crate::ops::exposition::Registry;
 
 /// State shared by all workers. The request path touches none of it but for requests on the
@@ -19,20 +21,29 @@ pub struct Shared {
     /// Connections open on all workers, for `--max-connections` (touched per connection).
     pub(super) connections: Arc<AtomicUsize>,
     pub(super) metrics: Registry,
+    /// The attempts of each request id, for `fail-first` (touched only by requests with it).
+    pub(super) attempts: Arc<Attempts>,
 }
 
 impl Shared {
+    /// The state of `workers` workers serving the default configuration.
     pub fn new(workers: usize) -> Shared {
-        Shared::with_upstreams(workers, Vec::new())
+        Shared::of(&Config::default(), workers)
     }
 
-    /// Gateway mode's shared state: metrics also count calls to `upstreams` (their URLs).
-    pub fn with_upstreams(workers: usize, upstreams: Vec<String>) -> Shared {
+    /// The state of `workers` workers serving `config`: in gateway mode, metrics also count
+    /// calls to its upstreams; `fail-first` remembers as many request ids as it says.
+    pub fn of(config: &Config, workers: usize) -> Shared {
+        let upstreams = config.gateway.as_ref().map_or_else(Vec::new, |gateway| {
+            gateway.upstreams.iter().map(|u| u.url.clone()).collect()
+        });
+        let capacity = usize::try_from(config.attempt_keys).unwrap_or(usize::MAX);
         Shared {
             inflight: Arc::default(),
             ready: Arc::new(AtomicBool::new(true)),
             connections: Arc::default(),
             metrics: Registry::new(workers.max(1), upstreams),
+            attempts: Arc::new(Attempts::new(capacity, config.attempt_ttl)),
         }
     }
 

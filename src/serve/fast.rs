@@ -318,7 +318,7 @@ impl<S: Stream> Connection<'_, S> {
     {
         let routes = self.routes;
         while !batch.full {
-            let (len, head_only) = match routes.classify(&self.buf) {
+            let (len, head_only) = match routes.classify_call(&self.buf) {
                 Head::Avatar { len, head_only } => (len, head_only),
                 Head::Partial => return,
                 Head::Hyper => {

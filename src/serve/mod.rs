@@ -107,11 +107,8 @@ impl Server {
             )),
             None => None,
         };
-        let upstreams = config.gateway.as_ref().map_or_else(Vec::new, |gateway| {
-            gateway.upstreams.iter().map(|u| u.url.clone()).collect()
-        });
         Ok(Server {
-            shared: Shared::with_upstreams(workers, upstreams),
+            shared: Shared::of(&config, workers),
             config: Arc::new(config),
             listeners,
             local_addr: addr,
