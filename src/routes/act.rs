@@ -24,8 +24,8 @@ use crate::time;
 const LIST_CACHE: usize = 16;
 
 impl Routes {
-    /// Plans `controls` and acts them out; the answer comes later.
-    /// `attempt` is the request id `fail-first` counts the request under ([`Routes::attempt_id`]).
+    /// Plans `controls` and acts them out; the answer comes later. `attempt` is the request id
+    /// `fail-first` counts the request under ([`Routes::attempt_id`]).
     pub(super) fn later(
         self: &Rc<Self>,
         controls: &Controls,

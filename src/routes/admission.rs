@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::ops::exposition::Registry;
 
 /// State shared by all workers. The request path touches none of it but for requests on the
-/// behaviour path (the in-flight count); each worker writes only its own metrics.
+/// behaviour path (the in-flight count, and `fail-first`'s attempts for requests that use it);
+/// each worker writes only its own metrics.
 #[derive(Debug, Clone)]
 pub struct Shared {
     /// Requests in flight on the behaviour path, for `--max-inflight` and `linear(…)`.

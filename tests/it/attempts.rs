@@ -59,15 +59,15 @@ fn requests_without_the_attempt_header_follow_the_ordinary_rates() {
 
 #[test]
 fn a_fault_drawn_on_a_first_attempt_is_repeated_like_a_status() {
-    let faulty = spawn(config(&["--behaviour", "fault=close&fail-first=1"]));
+    let faulty = spawn(config(&["--behaviour", "fault=close&fail-first=2"]));
     let header = "x-request-id: f1\r\n";
     let raw = format!("GET /v1/avatar HTTP/1.1\r\nHost: t\r\n{header}\r\n");
-    let mut first = faulty.connect();
-    first.send(raw.as_bytes());
-    assert!(
-        first.try_read_response(false).is_none(),
-        "closed unanswered"
-    );
+    for attempt in 1..=2 {
+        let mut caller = faulty.connect();
+        caller.send(raw.as_bytes());
+        let answer = caller.try_read_response(false);
+        assert!(answer.is_none(), "attempt {attempt} closed unanswered");
+    }
     assert_eq!(status(&faulty, "/v1/avatar", header), 200);
 }
 
