@@ -6,7 +6,9 @@
 //! the request's query string. Parsing ([`parse`]) and sampling (`sample.rs`) are pure and
 //! unit-tested; the server applies the outcome of a [`Plan`]. A [`scenario`] scripts the server
 //! profile over time: phases, each a behaviour held for a duration, read from a YAML file.
+//! `fail-first=N` remembers each request id's attempts in [`Attempts`], shared by the workers.
 
+pub mod attempts;
 pub(crate) mod body;
 pub mod parse;
 mod plan;
@@ -14,6 +16,7 @@ pub(crate) mod sample;
 pub mod scenario;
 mod values;
 
+pub use attempts::{Attempts, Failure};
 pub use parse::{Controls, Limits};
 
 /// The request header that carries behaviour controls.
@@ -26,7 +29,8 @@ pub use sample::Rng;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{expected} (param {param})")]
 pub struct BehaviourError {
-    /// The control's name: `delay`, `status`, `fault`, `count`, `drip`, `rate`, `seed`.
+    /// The control's name: `delay`, `status`, `fault`, `count`, `drip`, `rate`, `seed`,
+    /// `fail-first`.
     pub param: String,
     /// What was expected instead, in words.
     pub expected: String,

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use super::values::{
-    parse_bounded_duration, parse_count, parse_delay, parse_fault, parse_rate, parse_status,
+    parse_bounded_duration, parse_count, parse_delay, parse_fail_first, parse_fault, parse_rate,
+    parse_status,
 };
 use super::{BehaviourError, Fault};
 
@@ -69,7 +70,16 @@ pub enum Delay {
 }
 
 /// Every control's key, as the header, the query and `--behaviour` spell it.
-pub const KEYS: [&str; 7] = ["delay", "status", "fault", "count", "drip", "rate", "seed"];
+pub const KEYS: [&str; 8] = [
+    "delay",
+    "status",
+    "fault",
+    "count",
+    "drip",
+    "rate",
+    "seed",
+    "fail-first",
+];
 
 /// The parsed controls of one source; `None` means "not set here".
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,6 +92,9 @@ pub struct Controls {
     /// Bytes per second.
     pub rate: Option<u64>,
     pub seed: Option<u64>,
+    /// The injected status or fault applies only to the first this many attempts of a request
+    /// id (the attempt header); later attempts are answered as if none were asked for.
+    pub fail_first: Option<u8>,
 }
 
 impl Controls {
@@ -113,6 +126,7 @@ impl Controls {
                             BehaviourError::new("seed", "an unsigned 64-bit integer")
                         })?)
                 }
+                "fail-first" => controls.fail_first = Some(parse_fail_first(&value)?),
                 _ if unknown == Unknown::Ignore => {}
                 other => {
                     return Err(BehaviourError::new(
@@ -135,6 +149,7 @@ impl Controls {
             drip,
             rate,
             seed,
+            fail_first,
         } = later;
         self.delay = delay.or(self.delay.take());
         self.status = status.or(self.status.take());
@@ -143,6 +158,7 @@ impl Controls {
         self.drip = drip.or(self.drip);
         self.rate = rate.or(self.rate);
         self.seed = seed.or(self.seed);
+        self.fail_first = fail_first.or(self.fail_first);
     }
 
     /// True when nothing is set: the request is served as if no behaviour existed.
@@ -322,6 +338,11 @@ mod tests {
             ("rate=fast", "rate"),
             ("rate=1PB", "rate"),
             ("seed=-3", "seed"),
+            ("fail-first=0", "fail-first"),
+            ("fail-first=101", "fail-first"),
+            ("fail-first=-1", "fail-first"),
+            ("fail-first=1.5", "fail-first"),
+            ("fail-first=", "fail-first"),
             ("colour=blue", "colour"),
         ] {
             assert_eq!(error_param(text), param, "{text}");
@@ -384,6 +405,27 @@ mod tests {
     }
 
     #[test]
+    fn fail_first_takes_1_to_100_and_merges_like_the_rest() {
+        assert_eq!(strict("fail-first=1").expect("1").fail_first, Some(1));
+        assert_eq!(strict("fail-first=100").expect("100").fail_first, Some(100));
+        let err = strict("fail-first=101").expect_err("over 100");
+        assert_eq!(
+            err,
+            BehaviourError::new("fail-first", "an integer from 1 to 100")
+        );
+        // Alone it is a control like any other: the request is planned, nothing injected.
+        let alone = strict("fail-first=2").expect("alone");
+        assert!(!alone.is_empty());
+        let mut merged = strict("status=503&fail-first=2").expect("profile");
+        merged.merge(strict("fail-first=5").expect("header"));
+        assert_eq!(merged.fail_first, Some(5));
+        merged.merge(strict("delay=1ms").expect("query"));
+        assert_eq!(merged.fail_first, Some(5));
+        let query = Controls::parse("fail-first=3&x=1", &Limits::default(), Unknown::Ignore);
+        assert_eq!(query.expect("query").fail_first, Some(3));
+    }
+
+    #[test]
     fn errors_render_as_json() {
         let error = BehaviourError::new("delay", "a \"duration\"");
         assert_eq!(
@@ -401,7 +443,7 @@ mod tests {
 
         #[test]
         fn grammar_shaped_input_never_panics(
-            key in "(delay|status|fault|count|drip|rate|seed|x)",
+            key in "(delay|status|fault|count|drip|rate|seed|fail-first|x)",
             value in "[0-9a-z.:,()%]{0,24}",
         ) {
             let text = format!("{key}={value}");

@@ -176,6 +176,17 @@ pub(super) fn parse_count(text: &str, limits: &Limits) -> Result<u32, BehaviourE
     }
 }
 
+/// `fail-first=N`: how many attempts of a request id get the injected failure, 1 to 100.
+pub(super) fn parse_fail_first(text: &str) -> Result<u8, BehaviourError> {
+    match text.trim().parse::<u8>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err(BehaviourError::new(
+            "fail-first",
+            "an integer from 1 to 100",
+        )),
+    }
+}
+
 pub(super) fn parse_rate(text: &str) -> Result<u64, BehaviourError> {
     const EXPECTED: &str = "bytes per second, such as 64KiB, 1MB or 512";
     let text = text.trim();

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use hyper::header::HeaderName;
 
 use super::{Host, LogFormat};
+use crate::behaviour;
 use crate::time::{DateHeader, parse_duration};
 
 /// The suite's microservice 2 listens on port 3000 (also the gateway's default upstream).
@@ -84,6 +86,18 @@ pub(crate) struct ServeArgs {
     /// Seed for the workers' random generators, so a run can be replayed.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+
+    /// The request header whose value names a request's attempts, for fail-first=N (a gateway passes it on to its upstreams).
+    #[arg(long, env = "M2_ATTEMPT_HEADER", value_name = "NAME", default_value = "x-request-id", value_parser = parse_attempt_header)]
+    pub attempt_header: HeaderName,
+
+    /// The most request ids fail-first remembers at once (about 100 bytes each); the oldest is forgotten first.
+    #[arg(long, env = "M2_ATTEMPT_KEYS", value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub attempt_keys: u32,
+
+    /// How long fail-first remembers a request id, from its first attempt.
+    #[arg(long, env = "M2_ATTEMPT_TTL", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub attempt_ttl: Duration,
 
     /// Close a connection whose request head takes longer than this to arrive (slowloris).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
@@ -215,6 +229,32 @@ fn parse_path(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// Headers that cannot name attempts: the request's host, framing and connection (which a
+/// gateway cannot pass on as they are), and the behaviour header.
+const NOT_ATTEMPT_HEADERS: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "expect",
+    behaviour::HEADER,
+];
+
+fn parse_attempt_header(value: &str) -> Result<HeaderName, String> {
+    let name = HeaderName::from_lowercase(value.as_bytes())
+        .map_err(|_| "expected a header name in lower case, such as x-request-id".to_owned())?;
+    if NOT_ATTEMPT_HEADERS.contains(&name.as_str()) {
+        return Err(format!(
+            "{value} is the request's own; expected a header of its own, such as x-request-id"
+        ));
+    }
+    Ok(name)
+}
+
 /// A count of at least one: workers, requests in flight, connections.
 fn parse_at_least_one(value: &str) -> Result<NonZeroUsize, String> {
     match value.parse::<usize>() {
@@ -259,6 +299,24 @@ mod tests {
             parse_host("127.0.0.1").expect("literal").url_form(),
             "127.0.0.1"
         );
+    }
+
+    #[test]
+    fn attempt_headers_are_lower_case_names_of_their_own() {
+        assert_eq!(
+            parse_attempt_header("x-attempt-id").map(|name| name.to_string()),
+            Ok("x-attempt-id".to_owned())
+        );
+        for bad in [
+            "X-Request-Id",
+            "x request",
+            "",
+            "x:y",
+            "host",
+            "x-m2-behaviour",
+        ] {
+            assert!(parse_attempt_header(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

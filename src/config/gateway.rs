@@ -23,7 +23,7 @@ const GATEWAY_PORT: &str = "8080";
 const GATEWAY_PATH: &str = "/v1/user";
 
 /// The gateway's own settings read `M1_*` variables: (argument, variable).
-const GATEWAY_ENV: [(&str, &str); 20] = [
+const GATEWAY_ENV: [(&str, &str); 23] = [
     ("host", "M1_DOMAIN"),
     ("port", "M1_PORT"),
     ("path", "M1_PATH"),
@@ -44,6 +44,9 @@ const GATEWAY_ENV: [(&str, &str); 20] = [
     ("control", "M1_CONTROL"),
     ("control_token", "M1_CONTROL_TOKEN"),
     ("scenario", "M1_SCENARIO"),
+    ("attempt_header", "M1_ATTEMPT_HEADER"),
+    ("attempt_keys", "M1_ATTEMPT_KEYS"),
+    ("attempt_ttl", "M1_ATTEMPT_TTL"),
 ];
 
 /// `microservice2 gateway`.

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, ValueEnum};
+use hyper::header::HeaderName;
 
 use crate::avatar;
 use crate::behaviour::parse::Unknown;
@@ -78,6 +79,11 @@ pub struct Config {
     pub max_hang: Duration,
     pub max_count: u32,
     pub seed: Option<u64>,
+    /// `fail-first=N`: the header naming a request's attempts, how many request ids are
+    /// remembered, and for how long from the first attempt.
+    pub attempt_header: HeaderName,
+    pub attempt_keys: u32,
+    pub attempt_ttl: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
@@ -244,6 +250,9 @@ impl Config {
             max_hang: args.max_hang,
             max_count: args.max_count,
             seed: args.seed,
+            attempt_header: args.attempt_header,
+            attempt_keys: args.attempt_keys,
+            attempt_ttl: args.attempt_ttl,
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
             write_timeout: args.write_timeout,

@@ -348,3 +348,96 @@ fn https_upstreams_load_client_tls_and_plain_ones_need_none() {
         .expect("a TLS flag loads it");
     assert!(tls.settings.insecure);
 }
+
+#[test]
+fn fail_firsts_settings_come_from_flags_or_variables_in_both_modes() {
+    let config = Config::default();
+    assert_eq!(config.attempt_header.as_str(), "x-request-id");
+    assert_eq!(config.attempt_keys, 100_000);
+    assert_eq!(config.attempt_ttl, Duration::from_secs(60));
+    let flags = [
+        "--attempt-header",
+        "x-attempt-id",
+        "--attempt-keys",
+        "2",
+        "--attempt-ttl",
+        "300ms",
+    ];
+    let config = parse(&flags).expect("valid flags");
+    assert_eq!(config.attempt_header.as_str(), "x-attempt-id");
+    assert_eq!(config.attempt_keys, 2);
+    assert_eq!(config.attempt_ttl, Duration::from_millis(300));
+    let env = [
+        ("M2_ATTEMPT_HEADER", "x-serve"),
+        ("M2_ATTEMPT_KEYS", "5"),
+        ("M2_ATTEMPT_TTL", "1s"),
+        ("M1_ATTEMPT_HEADER", "x-gateway"),
+        ("M1_ATTEMPT_KEYS", "7"),
+        ("M1_ATTEMPT_TTL", "2s"),
+    ];
+    let serve = parse_env(&[], &env).expect("valid variables");
+    let settings = |config: &Config| {
+        (
+            config.attempt_header.to_string(),
+            config.attempt_keys,
+            config.attempt_ttl,
+        )
+    };
+    assert_eq!(
+        settings(&serve),
+        ("x-serve".to_owned(), 5, Duration::from_secs(1))
+    );
+    let gateway = parse_env(&["gateway"], &env).expect("valid variables");
+    assert_eq!(
+        settings(&gateway),
+        ("x-gateway".to_owned(), 7, Duration::from_secs(2))
+    );
+    let flagged = parse_env(&["gateway", "--attempt-keys", "9"], &env).expect("valid");
+    assert_eq!(flagged.attempt_keys, 9);
+}
+
+#[test]
+fn bad_fail_first_settings_are_named_with_their_variables() {
+    for (args, needles) in [
+        (
+            &["--attempt-header", "X-Request-Id"][..],
+            &["--attempt-header", "M2_ATTEMPT_HEADER", "lower case"][..],
+        ),
+        (&["--attempt-header", "x id"][..], &["--attempt-header"][..]),
+        (&["--attempt-header", "host"][..], &["--attempt-header"][..]),
+        (
+            &["--attempt-header", "x-m2-behaviour"][..],
+            &["--attempt-header"][..],
+        ),
+        (
+            &["gateway", "--attempt-header", ""][..],
+            &["--attempt-header", "M1_ATTEMPT_HEADER"][..],
+        ),
+        (
+            &["--attempt-keys", "0"][..],
+            &["--attempt-keys", "M2_ATTEMPT_KEYS"][..],
+        ),
+        (&["--attempt-keys", "10000001"][..], &["--attempt-keys"][..]),
+        (&["--attempt-keys", "many"][..], &["--attempt-keys"][..]),
+        (
+            &["gateway", "--attempt-keys", "0"][..],
+            &["--attempt-keys", "M1_ATTEMPT_KEYS"][..],
+        ),
+        (
+            &["--attempt-ttl", "0s"][..],
+            &["--attempt-ttl", "M2_ATTEMPT_TTL"][..],
+        ),
+        (&["--attempt-ttl", "soon"][..], &["--attempt-ttl"][..]),
+        (
+            &["gateway", "--attempt-ttl", "0s"][..],
+            &["--attempt-ttl", "M1_ATTEMPT_TTL"][..],
+        ),
+    ] {
+        let message = invalid(args);
+        for needle in needles {
+            assert!(message.contains(needle), "{args:?}: {message}");
+        }
+        assert!(!message.contains('\n'), "{args:?}: {message}");
+    }
+    assert!(parse(&["--attempt-keys", "10000000"]).is_ok());
+}

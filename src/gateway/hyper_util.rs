@@ -26,10 +26,8 @@ pub(super) async fn call<C: Connect + Clone + Send + Sync + 'static>(
     let mut request = Request::new(Empty::new());
     *request.uri_mut() = uri.clone();
     request.headers_mut().insert(HOST, host.clone());
-    if let Some(header) = &forward.header {
-        request
-            .headers_mut()
-            .insert(crate::behaviour::HEADER, header.clone());
+    for (name, value) in forward.headers() {
+        request.headers_mut().insert(name, value.clone());
     }
     let response = client
         .request(request)

@@ -33,9 +33,11 @@ pub use forward::Forward;
 use lean::Response as Reply;
 use wire::request_head;
 
-/// Told of every attempt, for the metrics: which upstream, how it ended, how long it took.
+/// Told of every attempt, for the metrics: which upstream, how it ended, how long it took;
+/// and of every retry, as the next attempt starts.
 pub trait Observer: std::fmt::Debug {
     fn attempt(&self, upstream: usize, outcome: Outcome, elapsed: Duration);
+    fn retry(&self, upstream: usize);
 }
 
 /// Backoff doubles at most this many times (10 ms base: about 10 s), however many retries.
@@ -57,7 +59,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 struct Lean {
     pool: lean::Pool,
     targets: Vec<lean::Target>,
-    /// Each upstream's request without forwarded behaviour, written once.
+    /// Each upstream's request with nothing forwarded, written once.
     requests: Vec<Bytes>,
 }
 
@@ -75,7 +77,7 @@ impl Lean {
             .upstreams
             .iter()
             .zip(hosts)
-            .map(|(upstream, host)| request_head(&upstream.uri, host, None))
+            .map(|(upstream, host)| request_head(&upstream.uri, host, std::iter::empty()))
             .collect();
         Lean {
             pool: lean::Pool::new(
@@ -232,6 +234,9 @@ impl Gateway {
             if Instant::now() >= deadline {
                 return result;
             }
+            if let Some(observer) = &self.observer {
+                observer.retry(index);
+            }
             attempt += 1;
         }
     }
@@ -255,10 +260,10 @@ impl Gateway {
             }
             Caller::Lean(lean) => {
                 let forwarded;
-                let request = if forward.header.is_none() && forward.query.is_none() {
+                let request = if forward.is_empty() {
                     &lean.requests[index]
                 } else {
-                    forwarded = request_head(uri, host, forward.header.as_ref());
+                    forwarded = request_head(uri, host, forward.headers());
                     &forwarded
                 };
                 let target = &lean.targets[index];
@@ -357,8 +362,30 @@ mod tests {
         let forward = Forward::of(&get("/v1/user?status=503", Some("delay=1ms")));
         let uri = forward.uri(&config.upstreams[1].uri);
         assert_eq!(
-            &request_head(&uri, &hosts[1], forward.header.as_ref())[..],
+            &request_head(&uri, &hosts[1], forward.headers())[..],
             b"GET /?status=503 HTTP/1.1\r\nhost: m2\r\nx-m2-behaviour: delay=1ms\r\n\r\n"
+        );
+        // The attempt header follows the behaviour header, with or without it.
+        let name = hyper::header::HeaderName::from_static("x-request-id");
+        let mut request = get("/v1/user", Some("delay=1ms"));
+        request
+            .headers_mut()
+            .insert(name.clone(), HeaderValue::from_static("r1"));
+        let both = Forward::of(&request).with_attempt(&name, &request);
+        assert_eq!(
+            &request_head(&config.upstreams[1].uri, &hosts[1], both.headers())[..],
+            b"GET / HTTP/1.1\r\nhost: m2\r\nx-m2-behaviour: delay=1ms\r\nx-request-id: r1\r\n\r\n"
+        );
+        let alone = Forward::default().with_attempt(&name, &request);
+        assert!(!alone.is_empty());
+        assert_eq!(
+            &request_head(&config.upstreams[1].uri, &hosts[1], alone.headers())[..],
+            b"GET / HTTP/1.1\r\nhost: m2\r\nx-request-id: r1\r\n\r\n"
+        );
+        assert!(
+            Forward::default()
+                .with_attempt(&name, &get("/", None))
+                .is_empty()
         );
     }
 

@@ -4,7 +4,7 @@
 //! the differential tests.
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{StatusCode, Uri};
 
 use super::error::UpstreamError;
@@ -16,11 +16,12 @@ pub(super) const MAX_HEADERS: usize = 64;
 /// The longest chunk-size line (with its extensions) accepted.
 pub(super) const MAX_CHUNK_LINE: usize = 1024;
 
-/// A GET request's head as the lean client sends it: what hyper's client would write.
-pub(crate) fn request_head(
+/// A GET request's head as the lean client sends it, `host` and then `headers`: what hyper's
+/// client would write.
+pub(crate) fn request_head<'h>(
     uri: &Uri,
     host: &HeaderValue,
-    behaviour: Option<&HeaderValue>,
+    headers: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
 ) -> Bytes {
     let target = uri.path_and_query().map_or("/", |target| target.as_str());
     let mut head = Vec::with_capacity(64 + target.len());
@@ -28,9 +29,9 @@ pub(crate) fn request_head(
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     head.extend_from_slice(host.as_bytes());
-    if let Some(value) = behaviour {
+    for (name, value) in headers {
         head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(crate::behaviour::HEADER.as_bytes());
+        head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
     }

@@ -273,7 +273,7 @@ impl Registry {
         self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Gateway mode's metrics: upstream call durations and errors.
+    /// Gateway mode's metrics: upstream call durations, retries and errors.
     fn render_upstreams(&self, out: &mut String) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -298,6 +298,19 @@ impl Registry {
                     self.sum(|w| load(&w.upstream_sum[series])),
                 );
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP microservice2_upstream_retries_total Attempts made again after a failure worth retrying (--retries), by upstream.\n\
+             # TYPE microservice2_upstream_retries_total counter"
+        );
+        for (index, url) in self.upstreams.iter().enumerate() {
+            let value = self.sum(|w| load(&w.upstream_retries[index]));
+            let _ = writeln!(
+                out,
+                "microservice2_upstream_retries_total{{upstream=\"{}\"}} {value}",
+                escape(url)
+            );
         }
         let _ = writeln!(
             out,
@@ -389,6 +402,20 @@ mod tests {
         assert!(
             text.contains("microservice2_request_duration_seconds_count{route=\"avatar\"} 6\n")
         );
+    }
+
+    #[test]
+    fn retries_are_counted_per_upstream_over_every_worker() {
+        use crate::gateway::Observer;
+        let registry = Registry::new(2, vec!["http://a/".into(), "http://b/".into()]);
+        registry.worker(0).retry(1);
+        registry.worker(1).retry(1);
+        registry.worker(1).retry(0);
+        let text = registry.render(0);
+        assert!(text.contains("microservice2_upstream_retries_total{upstream=\"http://a/\"} 1\n"));
+        assert!(text.contains("microservice2_upstream_retries_total{upstream=\"http://b/\"} 2\n"));
+        let serving = Registry::new(1, Vec::new()).render(0);
+        assert!(!serving.contains("upstream_retries"), "gateway mode only");
     }
 
     #[test]

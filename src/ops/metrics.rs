@@ -231,6 +231,8 @@ pub struct WorkerMetrics {
     /// [upstream][outcome]: total nanoseconds.
     pub(super) upstream_sum: Vec<AtomicU64>,
     pub(super) upstream_errors: [AtomicU64; Outcome::ERROR_LABELS.len()],
+    /// [upstream]: attempts made again (`--retries`).
+    pub(super) upstream_retries: Vec<AtomicU64>,
     /// TLS handshakes: [result].
     pub(super) handshakes: [AtomicU64; Handshake::ALL.len()],
     /// Successful TLS handshakes' durations: [bucket], the last being +Inf; and their sum in
@@ -270,6 +272,7 @@ impl WorkerMetrics {
             upstream_buckets: zeros(upstreams * OUTCOMES * (BUCKETS.len() + 1)),
             upstream_sum: zeros(upstreams * OUTCOMES),
             upstream_errors: Default::default(),
+            upstream_retries: zeros(upstreams),
             requests: (0..ROUTES * METHODS)
                 .map(|_| StatusRow::default())
                 .collect(),
@@ -344,7 +347,7 @@ impl WorkerMetrics {
 }
 
 /// Gateway mode: each attempt counted under its upstream and outcome, and as an error of its
-/// kind where it is one.
+/// kind where it is one; each retry under its upstream.
 impl Observer for WorkerMetrics {
     fn attempt(&self, upstream: usize, outcome: Outcome, elapsed: Duration) {
         let series = upstream * OUTCOMES + outcome.index();
@@ -357,6 +360,12 @@ impl Observer for WorkerMetrics {
         }
         if let Some(kind) = outcome.error_index() {
             bump(&self.upstream_errors[kind], 1);
+        }
+    }
+
+    fn retry(&self, upstream: usize) {
+        if let Some(retries) = self.upstream_retries.get(upstream) {
+            bump(retries, 1);
         }
     }
 }

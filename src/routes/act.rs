@@ -1,8 +1,10 @@
-//! Behaviour acted out: the controls a request asks for (profile, header, query), planned and
-//! carried out (delay, fault, injected status, `count=N` bodies, pacing).
+//! Behaviour acted out: the controls a request asks for (profile, header, query), planned
+//! (with `fail-first` applied to the request id's attempts) and carried out (delay, fault,
+//! injected status, `count=N` bodies, pacing).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -22,19 +24,26 @@ use crate::time;
 const LIST_CACHE: usize = 16;
 
 impl Routes {
-    /// Plans `controls` and acts them out; the answer comes later.
+    /// Plans `controls` and acts them out; the answer comes later. `attempt` is the request id
+    /// `fail-first` counts the request under ([`Routes::attempt_id`]).
     pub(super) fn later(
         self: &Rc<Self>,
         controls: &Controls,
+        attempt: Option<&[u8]>,
         guard: Option<InflightGuard>,
         faults: &Rc<FaultSignal>,
         forward: Option<Forward>,
     ) -> Reply {
         let inflight = self.shared.inflight.load(Ordering::Relaxed);
-        let plan = match controls.seed {
+        let mut plan = match controls.seed {
             Some(seed) => controls.plan(&mut Rng::new(seed), inflight, &self.limits),
             None => controls.plan(&mut self.rng.borrow_mut(), inflight, &self.limits),
         };
+        if let (Some(times), Some(id)) = (controls.fail_first, attempt) {
+            self.shared
+                .attempts
+                .apply(&mut plan, times, id, Instant::now());
+        }
         let routes = Rc::clone(self);
         let faults = Rc::clone(faults);
         Reply::Later(Box::pin(async move {
@@ -42,6 +51,22 @@ impl Routes {
             drop(guard);
             response
         }))
+    }
+
+    /// The request id `fail-first` counts this request's attempts under: the attempt header's
+    /// value, when `controls` ask for `fail-first` and have a failure to repeat (else the map
+    /// is left alone).
+    pub(super) fn attempt_id<'r, B>(
+        &self,
+        request: &'r Request<B>,
+        controls: &Controls,
+    ) -> Option<&'r [u8]> {
+        let fails = controls.status.is_some() || controls.fault.is_some();
+        if controls.fail_first.is_none() || !fails {
+            return None;
+        }
+        let id = request.headers().get(&self.attempt_header)?;
+        Some(id.as_bytes())
     }
 
     /// The controls for this request: the server profile, then the header, then the query.

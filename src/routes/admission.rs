@@ -1,17 +1,19 @@
 //! Admission: the state all workers share (requests in flight, readiness, open
-//! connections), and whether a request may go on under `--max-inflight`.
+//! connections, `fail-first`'s attempts), and whether a request may go on under
+//! `--max-inflight`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::Routes;
 use super::live::{Live, Profile};
-use crate::behaviour::Controls;
+use crate::behaviour::{Attempts, Controls};
 use crate::config::Config;
 use crate::ops::exposition::Registry;
 
 /// State shared by all workers. The request path touches none of it but for requests on the
-/// behaviour path (the in-flight count); each worker writes only its own metrics.
+/// behaviour path (the in-flight count, and `fail-first`'s attempts for requests that use it);
+/// each worker writes only its own metrics.
 #[derive(Debug, Clone)]
 pub struct Shared {
     /// Requests in flight on the behaviour path, for `--max-inflight` and `linear(…)`.
@@ -23,6 +25,8 @@ pub struct Shared {
     pub(super) metrics: Registry,
     /// The server-wide behaviour as it is now (read by workers only when it can change).
     pub(super) live: Arc<Live>,
+    /// The attempts of each request id, for `fail-first` (touched only by requests with it).
+    pub(super) attempts: Arc<Attempts>,
 }
 
 impl Shared {
@@ -32,7 +36,8 @@ impl Shared {
     }
 
     /// The shared state of `workers` workers serving `config`; a scenario starts now. In
-    /// gateway mode metrics also count calls to each upstream (by URL).
+    /// gateway mode metrics also count calls to each upstream (by URL); `fail-first`
+    /// remembers as many request ids as the config says.
     pub fn for_config(config: &Config, workers: usize) -> Shared {
         let upstreams = config.gateway.as_ref().map_or_else(Vec::new, |gateway| {
             gateway.upstreams.iter().map(|u| u.url.clone()).collect()
@@ -47,12 +52,14 @@ impl Shared {
             config.profile_check(),
             std::time::Instant::now(),
         );
+        let capacity = usize::try_from(config.attempt_keys).unwrap_or(usize::MAX);
         Shared {
             inflight: Arc::default(),
             ready: Arc::new(AtomicBool::new(true)),
             connections: Arc::default(),
             metrics: Registry::new(workers.max(1), upstreams),
             live: Arc::new(live),
+            attempts: Arc::new(Attempts::new(capacity, config.attempt_ttl)),
         }
     }
 

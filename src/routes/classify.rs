@@ -1,6 +1,7 @@
 //! Which requests the fast path may answer with the path's fixed answer: `GET` or `HEAD` of
-//! the path, HTTP/1.1, no body, no connection management, no behaviour controls. Everything
-//! else is hyper's, answered through [`super::Routes::call`]. The fast path asks here (through
+//! the path, HTTP/1.1, no body, no connection management, no behaviour controls (and in
+//! gateway mode no attempt header, which hyper's path passes on). Everything else is hyper's,
+//! answered through [`super::Routes::call`]. The fast path asks here (through
 //! [`super::Routes::classify`]) rather than deciding for itself.
 
 use crate::behaviour;
@@ -37,6 +38,20 @@ pub enum Head {
 
 /// Classifies the request at the front of `buf` against the main `path`.
 pub fn classify(buf: &[u8], path: &str) -> Head {
+    classify_with(buf, path, None)
+}
+
+/// Gateway mode's [`classify`]: a request that carries the header `attempt` (the attempt
+/// header, which the gateway passes on to its upstreams) goes to hyper too. Serve mode's
+/// plain path never looks for it.
+pub fn classify_call(buf: &[u8], path: &str, attempt: &str) -> Head {
+    classify_with(buf, path, Some(attempt))
+}
+
+/// [`classify`], with one more header sending a request to hyper when `also` names it;
+/// always inlined, so that serve mode's copy (`None`) has no trace of the check.
+#[inline(always)]
+fn classify_with(buf: &[u8], path: &str, also: Option<&str>) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf) {
@@ -56,6 +71,7 @@ pub fn classify(buf: &[u8], path: &str) -> Head {
         HYPER_HEADERS
             .iter()
             .any(|name| header.name.eq_ignore_ascii_case(name))
+            || also.is_some_and(|name| header.name.eq_ignore_ascii_case(name))
     });
     if needs_hyper {
         return Head::Hyper;
@@ -110,6 +126,27 @@ mod tests {
         for raw in ["G", "GET /v1/av", "GET /v1/avatar HTTP/1.1\r\nHost: x\r\n"] {
             assert_eq!(classify_str(raw), Head::Partial, "{raw:?}");
         }
+    }
+
+    #[test]
+    fn in_gateway_mode_a_request_carrying_the_attempt_header_goes_to_hyper() {
+        let plain = "GET /v1/avatar HTTP/1.1\r\nHost: x\r\n\r\n";
+        let with_id = "GET /v1/avatar HTTP/1.1\r\nHost: x\r\nX-Request-Id: r1\r\n\r\n";
+        let fast = Head::Avatar {
+            len: plain.len(),
+            head_only: false,
+        };
+        assert_eq!(classify_call(plain.as_bytes(), PATH, "x-request-id"), fast);
+        assert_eq!(
+            classify_call(with_id.as_bytes(), PATH, "x-request-id"),
+            Head::Hyper
+        );
+        assert!(matches!(
+            classify_call(with_id.as_bytes(), PATH, "x-attempt-id"),
+            Head::Avatar { .. }
+        ));
+        // Serve mode's plain path does not look at it.
+        assert!(matches!(classify_str(with_id), Head::Avatar { .. }));
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub struct GatewayWire {
 }
 
 impl Routes {
-    /// Gateway mode: the gateway's own behaviour (`--behaviour` only), then the upstream call,
-    /// carrying the caller's behaviour on with `--forward-behaviour`.
+    /// Gateway mode: the gateway's own behaviour (`--behaviour` only, its `fail-first` counted
+    /// by the caller's attempt header), then the upstream call, carrying the caller's attempt
+    /// header on, and its behaviour with `--forward-behaviour`.
     pub(super) fn forward<B>(
         self: &Rc<Self>,
         request: &Request<B>,
@@ -47,7 +48,9 @@ impl Routes {
         } else {
             Forward::default()
         };
-        self.later(&profile, guard, faults, Some(forward))
+        let forward = forward.with_attempt(&self.attempt_header, request);
+        let attempt = self.attempt_id(request, &profile);
+        self.later(&profile, attempt, guard, faults, Some(forward))
     }
 
     /// Whether this worker serves gateway mode.

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::header::{ALLOW, HeaderValue};
+use hyper::header::{ALLOW, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 
 use crate::avatar::AvatarCache;
@@ -67,6 +67,9 @@ pub struct Routes {
     limits: Limits,
     max_inflight: Option<usize>,
     max_hang: Duration,
+    /// `--attempt-header`: the request id `fail-first` counts attempts under, which the
+    /// gateway passes on to its upstreams.
+    attempt_header: HeaderName,
     shared: Shared,
     /// `--server-timing`: the main path's answers carry `server-timing` and `x-m2-injected`.
     pub(super) server_timing: bool,
@@ -114,6 +117,7 @@ impl Routes {
             limits: config.limits(),
             max_inflight: config.max_inflight.map(usize::from),
             max_hang: config.max_hang,
+            attempt_header: config.attempt_header.clone(),
             server_timing: config.server_timing,
             shared: shared.clone(),
             metrics,
@@ -160,6 +164,13 @@ impl Routes {
     #[inline]
     pub fn classify(&self, buf: &[u8]) -> Head {
         classify(buf, &self.path)
+    }
+
+    /// Gateway mode's [`Routes::classify`]: a request carrying the attempt header is hyper's,
+    /// which passes it on to the upstream.
+    #[inline]
+    pub fn classify_call(&self, buf: &[u8]) -> Head {
+        classify::classify_call(buf, &self.path, self.attempt_header.as_str())
     }
 
     /// The state all workers share.
@@ -342,7 +353,8 @@ impl Routes {
             let (body, headers) = self.avatar_parts();
             return Reply::now(with_headers(Body::whole(body), headers));
         }
-        self.later(&controls, guard, faults, None)
+        let attempt = self.attempt_id(request, &controls);
+        self.later(&controls, attempt, guard, faults, None)
     }
 }
 

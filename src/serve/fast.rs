@@ -322,7 +322,7 @@ impl<S: Stream> Connection<'_, S> {
                 batch.hand_over = true;
                 return;
             }
-            let (len, head_only) = match routes.classify(&self.buf) {
+            let (len, head_only) = match routes.classify_call(&self.buf) {
                 Head::Avatar { len, head_only } => (len, head_only),
                 Head::Partial => return,
                 Head::Hyper => {

@@ -1,5 +1,6 @@
 //! Integration tests: the real server over real TCP on port 0.
 
+mod attempts;
 mod behaviour;
 mod certs;
 mod cli;
