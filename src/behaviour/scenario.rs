@@ -106,6 +106,7 @@ impl Scenario {
                 text.len()
             )));
         }
+        check_shape(text)?;
         let value: Value =
             serde_norway::from_str(text).map_err(|err| ScenarioError(err.to_string()))?;
         let Value::Mapping(top) = value else {
@@ -376,6 +377,90 @@ fn nanos(duration: Duration) -> u64 {
 fn from_nanos(nanos: u128) -> Duration {
     let seconds = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
     Duration::new(seconds, (nanos % 1_000_000_000) as u32)
+}
+
+/// The deepest nesting [`check_shape`] lets through: a scenario needs 3 levels (the top
+/// mapping, the list of phases, a phase).
+const MAX_NESTING: usize = 16;
+
+/// The most leading spaces on a line: block nesting costs a column a level.
+const MAX_INDENT: usize = 64;
+
+/// The most structural indicators (`,` `[` `]` `{` `}` `:` `-` `?` outside quotes and comments):
+/// a scenario of 1,000 phases has about 10,000.
+const MAX_INDICATORS: usize = 100_000;
+
+/// Refuses, before the YAML parser sees it, text whose shape no scenario has: nesting deeper
+/// than [`MAX_NESTING`] (flow brackets, or block markers on one line), lines indented past
+/// [`MAX_INDENT`], or more than [`MAX_INDICATORS`] indicators. The parser reads every event of
+/// a document before building it, so 1 MiB of `[` cost it about 190 MB and 3 s before its own
+/// depth limit answered; this scan costs one pass and no memory. It does not parse: it only
+/// over-counts (an indicator in a plain scalar counts), so what passes it is for the parser
+/// to judge.
+fn check_shape(text: &str) -> Result<(), ScenarioError> {
+    let too_deep = || {
+        error(format!(
+            "nested more than {MAX_NESTING} levels deep (a scenario needs 3)"
+        ))
+    };
+    let mut indicators = 0usize;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if indent > MAX_INDENT {
+            return Err(error(format!(
+                "a line indented more than {MAX_INDENT} spaces"
+            )));
+        }
+        // Block markers opening the line (`- - - x`, `? ? x`) each nest a level.
+        let mut rest = line.trim_start();
+        let mut markers = 0;
+        while let Some(after) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+            markers += 1;
+            rest = after.trim_start();
+        }
+        if markers > MAX_NESTING {
+            return Err(too_deep());
+        }
+    }
+    let (mut depth, mut quote, mut escaped, mut comment) = (0usize, None, false, false);
+    let mut previous = '\n';
+    for c in text.chars() {
+        match (quote, c) {
+            _ if comment => comment = c != '\n',
+            (Some('"'), '\\') if !escaped => escaped = true,
+            (Some(open), c) => {
+                if c == open && !escaped {
+                    quote = None;
+                }
+                escaped = false;
+            }
+            // A quote opens a quoted scalar only where a scalar may start (`it's` is plain).
+            (None, '"' | '\'') if previous.is_whitespace() || "[{,:".contains(previous) => {
+                quote = Some(c);
+            }
+            (None, '#') if previous.is_whitespace() => comment = true,
+            (None, '[' | '{') => {
+                depth += 1;
+                indicators += 1;
+                if depth > MAX_NESTING {
+                    return Err(too_deep());
+                }
+            }
+            (None, ']' | '}') => {
+                depth = depth.saturating_sub(1);
+                indicators += 1;
+            }
+            (None, ',' | ':' | '-' | '?') => indicators += 1,
+            _ => {}
+        }
+        previous = c;
+    }
+    if indicators > MAX_INDICATORS {
+        return Err(error(format!(
+            "more than {MAX_INDICATORS} commas, colons, dashes and brackets: larger than any scenario of {MAX_PHASES} phases"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -365,6 +365,9 @@ const MAX_SCENARIO_FILE: u64 = 1024 * 1024;
 /// Reads and checks a `--scenario` file.
 fn load_scenario(path: &Path, check: &ProfileCheck) -> Result<Scenario, String> {
     let file = std::fs::File::open(path).map_err(|err| format!("cannot read it: {err}"))?;
+    if file.metadata().is_ok_and(|metadata| metadata.is_dir()) {
+        return Err("a directory, not a file".to_owned());
+    }
     let mut text = String::new();
     file.take(MAX_SCENARIO_FILE + 1)
         .read_to_string(&mut text)

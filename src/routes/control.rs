@@ -7,8 +7,9 @@
 //!
 //! Without `--control` only `GET /admin/scenario` is answered, when a scenario runs: it
 //! changes nothing. With `--control-token`, every `/admin/*` request needs
-//! `authorization: Bearer TOKEN`. Bodies are bounded in size and in time; a bad one is a
-//! 4xx with a JSON body naming the problem, and changes nothing.
+//! `authorization: Bearer TOKEN`. Bodies are bounded in size (64 KiB for a profile, 1 MiB for
+//! a scenario) and in time; a bad one is a 4xx with a JSON body naming the problem, and
+//! changes nothing.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -28,8 +29,12 @@ use crate::behaviour::body::Body;
 use crate::behaviour::scenario::{Position, Scenario};
 use crate::config::Config;
 
-/// The largest body a control request may carry: a behaviour profile or a scenario.
-const MAX_BODY: usize = 1024 * 1024;
+/// The largest scenario a control request may carry (as `--scenario` reads).
+const MAX_SCENARIO: usize = 1024 * 1024;
+
+/// The largest behaviour profile a control request may carry: a profile needs well under a
+/// kilobyte, and each request copies the one that applies.
+const MAX_PROFILE: usize = 64 * 1024;
 
 /// How long a control request's body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,14 +64,17 @@ impl Control {
         })
     }
 
-    /// Whether `authorization` carries the token (compared in constant time), or none is
-    /// needed.
-    fn authorized(&self, authorization: Option<&HeaderValue>) -> bool {
+    /// Whether the one `authorization` header carries the token (compared in constant
+    /// time), or none is needed. Two headers are refused whatever they hold.
+    fn authorized(&self, headers: &hyper::HeaderMap) -> bool {
         let Some(expected) = &self.expected else {
             return true;
         };
-        let given = authorization.map_or(&[][..], HeaderValue::as_bytes);
-        constant_time_eq(given, expected)
+        let mut given = headers.get_all(AUTHORIZATION).iter();
+        match (given.next(), given.next()) {
+            (Some(value), None) => constant_time_eq(value.as_bytes(), expected),
+            _ => false,
+        }
     }
 }
 
@@ -143,7 +151,7 @@ impl Routes {
         let Some(control) = &self.control else {
             return Reply::now(error(StatusCode::NOT_FOUND, "no control API"));
         };
-        if !control.authorized(request.headers().get(AUTHORIZATION)) {
+        if !control.authorized(request.headers()) {
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "send the control token: authorization: Bearer TOKEN",
@@ -163,7 +171,7 @@ impl Routes {
                 Reply::now(answer(StatusCode::OK, &behaviour_json(&current)))
             }
             (BEHAVIOUR, Method::PUT) => Reply::Later(Box::pin(async move {
-                let text = match read_text(request.into_body()).await {
+                let text = match read_text(request.into_body(), MAX_PROFILE).await {
                     Ok(text) => text,
                     Err(response) => return response,
                 };
@@ -182,7 +190,7 @@ impl Routes {
             }
             (SCENARIO, Method::GET | Method::HEAD) => Reply::now(scenario_answer(&live)),
             (SCENARIO, Method::PUT) => Reply::Later(Box::pin(async move {
-                let text = match read_text(request.into_body()).await {
+                let text = match read_text(request.into_body(), MAX_SCENARIO).await {
                     Ok(text) => text,
                     Err(response) => return response,
                 };
@@ -240,21 +248,19 @@ fn scenario_answer(live: &super::live::Live) -> Response<Body> {
     }
 }
 
-/// A control request's body as UTF-8 text: at most [`MAX_BODY`] bytes within
-/// [`BODY_TIMEOUT`], else the 4xx that says which limit it broke.
-async fn read_text<B>(body: B) -> Result<String, Response<Body>>
+/// A control request's body as UTF-8 text: at most `limit` bytes within [`BODY_TIMEOUT`],
+/// else the 4xx that says which limit it broke.
+async fn read_text<B>(body: B, limit: usize) -> Result<String, Response<Body>>
 where
     B: hyper::body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect());
     let bytes: Bytes = match collected.await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the body is larger than 1 MiB",
-            ));
+            let most = format!("the body is larger than {} KiB", limit / 1024);
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &most));
         }
         Ok(Err(_)) => {
             return Err(error(StatusCode::BAD_REQUEST, "the body could not be read"));

@@ -228,9 +228,9 @@ impl Live {
         tracing::info!(
             target: "control",
             peer = peer.map(|peer| peer.to_string()).unwrap_or_default(),
-            old = old.profile.text,
+            old = shown(&old.profile.text),
             old_source = old.source.label(),
-            new = new.profile.text,
+            new = shown(&new.profile.text),
             new_source = new.source.label(),
             "{what}"
         );
@@ -258,7 +258,7 @@ impl Live {
     }
 
     /// `PUT /admin/scenario` (a new one, started now), `POST /admin/scenario/restart` (the
-    /// same again) or `DELETE /admin/scenario` (none). Says whether there was one to restart.
+    /// same again) or `DELETE /admin/scenario` (none).
     pub fn set_scenario(
         &self,
         scenario: Option<Arc<Scenario>>,
@@ -359,6 +359,21 @@ impl Live {
             }
         }
     }
+}
+
+/// The longest profile text a log line carries whole.
+const SHOWN: usize = 256;
+
+/// `text` for a log line: whole up to [`SHOWN`] bytes, else its start and its length.
+fn shown(text: &str) -> String {
+    if text.len() <= SHOWN {
+        return text.to_owned();
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// A worker's copy of the profile that applies: read again when the state's version moved or

@@ -181,9 +181,10 @@ fn a_bad_profile_is_refused_and_changes_nothing() {
             assert_eq!(answer["param"], param, "{what}");
         }
     }
-    let huge = "a".repeat(1024 * 1024 + 1);
+    // A profile is at most 64 KiB (a scenario 1 MiB).
+    let huge = format!("status={}", "503:0.0001,".repeat(6000));
     let response = control(server.addr, "PUT", "/admin/behaviour", &huge, None);
-    assert_eq!(response.status, 413);
+    assert_eq!(response.status, 413, "{}", response.body_text());
     assert_eq!(behaviour(&server)["behaviour"], "status=418");
     assert_eq!(server.get("/v1/avatar").status, 418);
     assert_eq!(
@@ -241,6 +242,11 @@ fn every_change_is_logged_with_old_new_and_peer() {
     let mut server = ChildServer::start_capturing_logs(&["--control", "--behaviour", "status=418"]);
     let response = control(server.addr, "PUT", "/admin/behaviour", "status=503:5", None);
     assert_eq!(response.status, 200);
+    // A long profile is logged by its start and its length.
+    let long = format!("status={}", "503:0.0001,".repeat(3000));
+    let long = long.trim_end_matches(',');
+    let response = control(server.addr, "PUT", "/admin/behaviour", long, None);
+    assert_eq!(response.status, 200, "{}", response.body_text());
     let response = control(server.addr, "DELETE", "/admin/behaviour", "", None);
     assert_eq!(response.status, 200);
     server.signal("TERM");
@@ -262,6 +268,10 @@ fn every_change_is_logged_with_old_new_and_peer() {
         .find(|line| line.contains("behaviour reset"))
         .unwrap_or_else(|| panic!("no reset logged: {logs}"));
     assert!(reset.contains("new=\"status=418\""), "{reset}");
+    assert!(
+        reset.contains(&format!("({} bytes)", long.len())) && reset.len() < 1024,
+        "{reset}"
+    );
 }
 
 #[test]

@@ -366,6 +366,12 @@ fn a_bad_scenario_file_is_refused_at_start_naming_file_phase_and_key() {
         &[],
         "--scenario",
     );
+    let dir = std::env::temp_dir();
+    exits_2_naming(
+        &["--scenario", path_str(&dir)],
+        &[],
+        "a directory, not a file",
+    );
     exits_2_naming(
         &["gateway", "--upstream", "http://127.0.0.1:1/x"],
         &[(

@@ -351,3 +351,41 @@ fn instants_may_carry_an_offset_and_a_fraction() {
         Start::At(Duration::ZERO)
     );
 }
+
+#[test]
+fn text_nested_or_spread_past_any_scenario_is_refused_before_parsing() {
+    let refused = |text: &str, needle: &str| {
+        let started = std::time::Instant::now();
+        let err = parse(text).expect_err("refused");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    };
+    refused(&"[".repeat(1_000_000), "nested more than 16 levels");
+    refused(&"{".repeat(1_000_000), "nested more than 16 levels");
+    refused(
+        &format!("{}x\n", "- ".repeat(500_000)),
+        "nested more than 16 levels",
+    );
+    refused(
+        &format!("{}x\n", "? ".repeat(500_000)),
+        "nested more than 16 levels",
+    );
+    refused(
+        &format!("{}x: 1\n", " ".repeat(65)),
+        "indented more than 64",
+    );
+    refused(
+        &format!("phases: [{}]", "1,".repeat(200_000)),
+        "more than 100000",
+    );
+    // Quoted and commented brackets are text; an apostrophe in a plain scalar opens nothing.
+    let quoted = format!(
+        "# {}\nloop: false\nphases:\n- {{name: it's, duration: 1s, behaviour: \"{}\"}}\n",
+        "[".repeat(100),
+        "[".repeat(100)
+    );
+    let err = parse(&quoted).expect_err("a bad name and a bad behaviour");
+    assert!(!err.to_string().contains("nested"), "{err}");
+    let sneaky = format!("a: b'\n{}", "[".repeat(100));
+    refused(&sneaky, "nested more than 16 levels");
+}
