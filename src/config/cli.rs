@@ -52,7 +52,7 @@ pub(crate) struct ServeArgs {
     pub workers: Option<NonZeroUsize>,
 
     /// How long in-flight requests may take to finish after SIGINT or SIGTERM.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "M2_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
     /// Form of the `date` response header.
@@ -64,27 +64,27 @@ pub(crate) struct ServeArgs {
     pub behaviour: Option<String>,
 
     /// Honour the x-m2-behaviour header and behaviour query parameters.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "M2_ALLOW_REQUEST_BEHAVIOUR", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_request_behaviour: bool,
 
     /// Answer 503 with retry-after: 1 at once above this many requests in flight.
-    #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
+    #[arg(long, env = "M2_MAX_INFLIGHT", value_name = "N", value_parser = parse_at_least_one)]
     pub max_inflight: Option<NonZeroUsize>,
 
     /// The longest delay, drip or distribution parameter a request may ask for.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "M2_MAX_DELAY", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub max_delay: Duration,
 
     /// How long `fault=hang` holds a request before closing it.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "M2_MAX_HANG", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub max_hang: Duration,
 
     /// The most avatars `count=` may ask for.
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "M2_MAX_COUNT", value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_count: u32,
 
     /// Seed for the workers' random generators, so a run can be replayed.
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "M2_SEED", value_name = "N")]
     pub seed: Option<u64>,
 
     /// The request header whose value names a request's attempts, for fail-first=N (a gateway passes it on to its upstreams).
@@ -100,11 +100,11 @@ pub(crate) struct ServeArgs {
     pub attempt_ttl: Duration,
 
     /// Close a connection whose request head takes longer than this to arrive (slowloris).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "M2_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
 
     /// Close a keep-alive connection idle for this long between requests.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "M2_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
 
     /// Close a connection whose pending answer makes no progress for this long (a client that stopped reading).
@@ -124,11 +124,11 @@ pub(crate) struct ServeArgs {
     pub admin_port: Option<u16>,
 
     /// After SIGTERM, keep serving this long with /readyz answering 503, then drain.
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "M2_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
     /// Record no metrics (and answer 404 on /metrics).
-    #[arg(long)]
+    #[arg(long, env = "M2_NO_METRICS")]
     pub no_metrics: bool,
 
     /// Also accept HTTP/2 with prior knowledge (h2c) on the same port.
@@ -172,11 +172,11 @@ pub(crate) struct ServeArgs {
     pub log_format: LogFormat,
 
     /// Log one line per request: method, path, status, duration, bytes.
-    #[arg(long)]
+    #[arg(long, env = "M2_ACCESS_LOG")]
     pub access_log: bool,
 
     /// With --access-log, log this fraction of requests (for high rates).
-    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    #[arg(long, env = "M2_ACCESS_LOG_SAMPLE", value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
     pub access_log_sample: f64,
 }
 

@@ -22,8 +22,9 @@ pub const UPSTREAM_ALPN: &[&[u8]] = &[b"http/1.1"];
 const GATEWAY_PORT: &str = "8080";
 const GATEWAY_PATH: &str = "/v1/user";
 
-/// The gateway's own settings read `M1_*` variables: (argument, variable).
-const GATEWAY_ENV: [(&str, &str); 23] = [
+/// In gateway mode every serve-mode flag reads an `M1_*` variable (the `M2_*` ones name the
+/// upstream): (argument, variable).
+const GATEWAY_ENV: [(&str, &str); 36] = [
     ("host", "M1_DOMAIN"),
     ("port", "M1_PORT"),
     ("path", "M1_PATH"),
@@ -47,6 +48,19 @@ const GATEWAY_ENV: [(&str, &str); 23] = [
     ("attempt_header", "M1_ATTEMPT_HEADER"),
     ("attempt_keys", "M1_ATTEMPT_KEYS"),
     ("attempt_ttl", "M1_ATTEMPT_TTL"),
+    ("shutdown_timeout", "M1_SHUTDOWN_TIMEOUT"),
+    ("allow_request_behaviour", "M1_ALLOW_REQUEST_BEHAVIOUR"),
+    ("max_inflight", "M1_MAX_INFLIGHT"),
+    ("max_delay", "M1_MAX_DELAY"),
+    ("max_hang", "M1_MAX_HANG"),
+    ("max_count", "M1_MAX_COUNT"),
+    ("seed", "M1_SEED"),
+    ("header_timeout", "M1_HEADER_TIMEOUT"),
+    ("idle_timeout", "M1_IDLE_TIMEOUT"),
+    ("shutdown_delay", "M1_SHUTDOWN_DELAY"),
+    ("no_metrics", "M1_NO_METRICS"),
+    ("access_log", "M1_ACCESS_LOG"),
+    ("access_log_sample", "M1_ACCESS_LOG_SAMPLE"),
 ];
 
 /// `microservice2 gateway`.
@@ -96,23 +110,28 @@ pub(crate) struct GatewayArgs {
     upstream_path: String,
 
     /// Give up on the upstream after this long, retries included, and answer 504.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "M1_TIMEOUT", value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     timeout: Duration,
 
     /// Retry connect errors and 502/503/504 answers this many times.
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    #[arg(long, env = "M1_RETRIES", value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
     retries: u32,
 
     /// First pause between retries; it doubles each time, with jitter.
-    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, env = "M1_RETRY_BACKOFF", value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
     retry_backoff: Duration,
 
     /// Idle keep-alive connections each worker keeps per upstream host.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "M1_POOL_MAX_IDLE",
+        value_name = "N",
+        default_value_t = 1024
+    )]
     pool_max_idle: usize,
 
     /// Pass the caller's x-m2-behaviour header and behaviour query parameters to the upstream.
-    #[arg(long)]
+    #[arg(long, env = "M1_FORWARD_BEHAVIOUR")]
     forward_behaviour: bool,
 
     /// HTTP/1.1 client for upstream calls: hyper-util's pooled client, or the lean built-in one

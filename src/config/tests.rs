@@ -441,3 +441,78 @@ fn bad_fail_first_settings_are_named_with_their_variables() {
     }
     assert!(parse(&["--attempt-keys", "10000000"]).is_ok());
 }
+
+#[test]
+fn every_flag_reads_a_variable_m2_in_serve_mode_m1_in_gateway_mode() {
+    let env = [
+        ("M2_SHUTDOWN_TIMEOUT", "3s"),
+        ("M2_ALLOW_REQUEST_BEHAVIOUR", "false"),
+        ("M2_MAX_INFLIGHT", "8"),
+        ("M2_HEADER_TIMEOUT", "2s"),
+        ("M2_SEED", "42"),
+        ("M2_NO_METRICS", "true"),
+        ("M2_ACCESS_LOG", "true"),
+        ("M2_ACCESS_LOG_SAMPLE", "0.5"),
+        ("M1_SHUTDOWN_TIMEOUT", "4s"),
+        ("M1_MAX_INFLIGHT", "9"),
+        ("M1_SEED", "7"),
+        ("M1_NO_METRICS", "false"),
+        ("M1_TIMEOUT", "250ms"),
+        ("M1_RETRIES", "3"),
+        ("M1_RETRY_BACKOFF", "5ms"),
+        ("M1_POOL_MAX_IDLE", "16"),
+        ("M1_FORWARD_BEHAVIOUR", "true"),
+    ];
+    let serve = parse_env(&[], &env).expect("valid variables");
+    assert_eq!(serve.shutdown_timeout, Duration::from_secs(3));
+    assert!(!serve.allow_request_behaviour);
+    assert_eq!(serve.max_inflight.map(NonZeroUsize::get), Some(8));
+    assert_eq!(serve.header_timeout, Duration::from_secs(2));
+    assert_eq!(serve.seed, Some(42));
+    assert!(serve.no_metrics && serve.access_log);
+    assert_eq!(serve.access_log_sample, 0.5);
+    // In gateway mode the serve flags read M1_* (M2_* is the upstream's), and so do the
+    // gateway's own.
+    let config = parse_env(&["gateway"], &env).expect("valid variables");
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(4));
+    assert!(config.allow_request_behaviour, "M2_* is not the gateway's");
+    assert_eq!(config.max_inflight.map(NonZeroUsize::get), Some(9));
+    assert_eq!(config.header_timeout, Duration::from_secs(10));
+    assert_eq!(config.seed, Some(7));
+    assert!(!config.no_metrics && !config.access_log);
+    let gateway = config.gateway.expect("gateway mode");
+    assert_eq!(gateway.timeout, Duration::from_millis(250));
+    assert_eq!(gateway.retries, 3);
+    assert_eq!(gateway.retry_backoff, Duration::from_millis(5));
+    assert_eq!(gateway.pool_max_idle, 16);
+    assert!(gateway.forward_behaviour);
+    // Flags still win.
+    let flagged = parse_env(&["gateway", "--retries", "1"], &env).expect("valid");
+    assert_eq!(flagged.gateway.expect("gateway mode").retries, 1);
+    // A switch's variable and --allow-request-behaviour's take true or false, as M2_HTTP2
+    // does; a bad value names its variable.
+    for (args, env, needle) in [
+        (&[][..], [("M2_NO_METRICS", "1")], "M2_NO_METRICS"),
+        (
+            &[][..],
+            [("M2_ALLOW_REQUEST_BEHAVIOUR", "no")],
+            "M2_ALLOW_REQUEST_BEHAVIOUR",
+        ),
+        (&[][..], [("M2_HEADER_TIMEOUT", "abc")], "M2_HEADER_TIMEOUT"),
+        (&["gateway"][..], [("M1_RETRIES", "101")], "M1_RETRIES"),
+        (
+            &["gateway"][..],
+            [("M1_FORWARD_BEHAVIOUR", "yes")],
+            "M1_FORWARD_BEHAVIOUR",
+        ),
+        (&["gateway"][..], [("M1_MAX_DELAY", "x")], "M1_MAX_DELAY"),
+    ] {
+        match parse_env(args, &env) {
+            Err(ConfigError::Invalid(message)) => {
+                assert!(message.contains(needle), "{message}");
+                assert!(!message.contains('\n'), "{message}");
+            }
+            other => panic!("{env:?}: expected an error, got {other:?}"),
+        }
+    }
+}

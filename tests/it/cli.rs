@@ -21,7 +21,7 @@ fn listening_line_shows_the_real_port_and_the_port_answers() {
 fn each_bad_setting_exits_2_with_one_line_naming_it() {
     /// Flags, environment variables, and the name the message must contain.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 19] = [
+    let cases: [Case<'_>; 22] = [
         (&["--port", "70000"], &[], "--port"),
         (&[], &[("M2_PORT", "abc")], "M2_PORT"),
         (&["--path", "v1/avatar"], &[], "--path"),
@@ -50,6 +50,10 @@ fn each_bad_setting_exits_2_with_one_line_naming_it() {
         (&["gateway"], &[("M2_DOMAIN", "http://a b")], "M2_DOMAIN"),
         (&["gateway", "--timeout", "0s"], &[], "--timeout"),
         (&["gateway"], &[("M1_CLIENT", "curl")], "M1_CLIENT"),
+        // Every flag has a variable: serve mode's M2_*, gateway mode's M1_*.
+        (&[], &[("M2_HEADER_TIMEOUT", "abc")], "M2_HEADER_TIMEOUT"),
+        (&[], &[("M2_ACCESS_LOG", "yes")], "M2_ACCESS_LOG"),
+        (&["gateway"], &[("M1_RETRIES", "abc")], "M1_RETRIES"),
     ];
     for (args, env, needle) in cases {
         crate::support::exits_2_naming(args, env, needle);
@@ -253,5 +257,79 @@ fn healthcheck_exits_0_on_200_1_otherwise_and_2_for_a_bad_url() {
         let (code, stderr) = check(bad, &[]);
         assert_eq!(code, Some(2), "{bad:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{bad:?}: {stderr}");
+    }
+}
+
+/// The flags of a `--help` text, each with the variable its entry names (`[env: NAME=]`), if
+/// any; `--help` and `--version` left out. An entry starts on a line indented less than its
+/// description (and the possible values under it).
+fn flags_and_variables(help: &str) -> Vec<(String, Option<String>)> {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim_start();
+        let flag = trimmed
+            .split_whitespace()
+            .find(|word| word.starts_with("--"))
+            .filter(|_| indent > 0 && indent < 10 && trimmed.starts_with('-'));
+        match (flag, entries.last_mut()) {
+            (Some(flag), _) => {
+                entries.push((flag.trim_end_matches(',').to_owned(), line.to_owned()))
+            }
+            (None, Some((_, text))) => {
+                text.push('\n');
+                text.push_str(line);
+            }
+            (None, None) => {}
+        }
+    }
+    entries
+        .into_iter()
+        .filter(|(flag, _)| flag != "--help" && flag != "--version")
+        .map(|(flag, text)| {
+            let var = text.split("[env: ").nth(1).map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect()
+            });
+            (flag, var)
+        })
+        .collect()
+}
+
+#[test]
+fn every_flag_of_both_modes_and_the_healthcheck_has_an_environment_variable() {
+    // The upstream's parts keep the suite's M2_* names in gateway mode; the rest is M1_*.
+    let upstream = [
+        "--upstream",
+        "--upstream-domain",
+        "--upstream-port",
+        "--upstream-path",
+    ];
+    for (args, prefix) in [
+        (&["--help"][..], "M2_"),
+        (&["gateway", "--help"][..], "M1_"),
+        (&["healthcheck", "--help"][..], "M2_HEALTHCHECK_"),
+    ] {
+        let output = binary(args).output().expect("run --help");
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8(output.stdout).expect("UTF-8 help");
+        let flags = flags_and_variables(&help);
+        assert!(flags.len() >= 2, "{args:?}: no flags found in {help}");
+        let wrong: Vec<_> = flags
+            .iter()
+            .filter(|(flag, var)| {
+                let prefix = if args[0] == "gateway" && upstream.contains(&flag.as_str()) {
+                    "M2_"
+                } else {
+                    prefix
+                };
+                !var.as_deref().is_some_and(|var| var.starts_with(prefix))
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{args:?}: flags without a {prefix}* variable: {wrong:?}"
+        );
     }
 }
