@@ -39,19 +39,40 @@ pub fn render(out: &mut String) {
             boot + start / clock_ticks()
         );
     }
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    if let Some(pages) = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        let _ = writeln!(
-            out,
-            "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
-             # TYPE process_resident_memory_bytes gauge\n\
-             process_resident_memory_bytes {}",
-            pages * 4096
-        );
+    // Sizes in bytes from /proc/self/status, which gives them in kB whatever the page size
+    // (statm counts pages, and pages are 16 or 64 KiB on some arm64 and ppc64 kernels).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+    };
+    for (key, name, help) in [
+        (
+            "VmRSS:",
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+        ),
+        (
+            "VmSize:",
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+        ),
+    ] {
+        if let Some(bytes) = kib(key) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {bytes}"
+            );
+        }
     }
     if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
         let _ = writeln!(
@@ -62,4 +83,22 @@ pub fn render(out: &mut String) {
             entries.count()
         );
     }
+    if let Some(limit) = max_fds() {
+        let _ = writeln!(
+            out,
+            "# HELP process_max_fds Maximum number of open file descriptors.\n\
+             # TYPE process_max_fds gauge\n\
+             process_max_fds {limit}"
+        );
+    }
+}
+
+/// The soft limit on open files, from /proc/self/limits (`unlimited` is reported as such by
+/// the kernel and left out here, as the Go and Python clients do).
+fn max_fds() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }

@@ -292,3 +292,71 @@ fn access_log_is_off_by_default_and_sampled_on_request() {
     // 402 requests at 20%: about 80; the binomial standard deviation is 8.
     assert!((40..=125).contains(&sampled), "{sampled} lines sampled");
 }
+
+/// A field of /proc/PID/status in bytes (the kernel gives kB).
+fn status_bytes(pid: u32, key: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {status}"));
+    kib * 1024.0
+}
+
+#[test]
+fn the_process_collector_reads_sizes_and_limits_from_the_system() {
+    let server = crate::support::ChildServer::start_with_open_files_limit(4000, &[]);
+    let pid = server.child.id();
+    let rss = server.metric("process_resident_memory_bytes", &[]);
+    let virtual_memory = server.metric("process_virtual_memory_bytes", &[]);
+    // The server's own figures, against the kernel's, read a moment apart.
+    let near = |metric: f64, kernel: f64| (metric - kernel).abs() <= kernel * 0.2;
+    assert!(near(rss, status_bytes(pid, "VmRSS:")), "rss {rss}");
+    assert!(
+        near(virtual_memory, status_bytes(pid, "VmSize:")),
+        "virtual {virtual_memory}"
+    );
+    assert!(virtual_memory >= rss);
+    assert_eq!(server.metric("process_max_fds", &[]), 4000.0);
+}
+
+#[test]
+#[ignore = "needs promtool (Debian's prometheus package); .ci/run installs it and runs the ignored tests"]
+fn promtool_finds_nothing_to_say_about_a_scrape_of_either_mode() {
+    let upstream = crate::support::ChildServer::start(&["--behaviour", "delay=1ms"]);
+    let url = format!("http://{}/v1/avatar", upstream.addr);
+    let gateway = crate::support::ChildServer::gateway(&["--upstream", &url, "--retries", "1"]);
+    for (server, path) in [(&upstream, "/v1/avatar"), (&gateway, "/v1/user")] {
+        // Some traffic first, so that every labelled series has samples.
+        for _ in 0..3 {
+            let mut client = crate::support::Client::connect(server.addr);
+            client.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            assert_eq!(client.read_response(false).status, 200);
+        }
+        let scrape = {
+            let mut client = crate::support::Client::connect(server.addr);
+            client.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+            client.read_response(false).body
+        };
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool on PATH (apt install prometheus)");
+        std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), &scrape)
+            .expect("feed promtool");
+        let output = promtool.wait_with_output().expect("promtool ran");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && said.trim().is_empty(),
+            "promtool on {path}'s server: {said}"
+        );
+    }
+}
