@@ -446,8 +446,9 @@ fn one_line(err: &clap::Error, bindings: &[Binding]) -> String {
     line
 }
 
-/// The soft limit on open files, from /proc/self/limits (`None` when unlimited or unknown).
-fn open_files_limit() -> Option<usize> {
+/// The soft limit on open files, from /proc/self/limits (`None` when unlimited or unknown):
+/// the default `--max-connections`, and the process collector's `process_max_fds`.
+pub(crate) fn open_files_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits
         .lines()

@@ -83,7 +83,8 @@ pub fn render(out: &mut String) {
             entries.count()
         );
     }
-    if let Some(limit) = max_fds() {
+    // `unlimited` is left out, as the Go and Python clients do.
+    if let Some(limit) = crate::config::open_files_limit() {
         let _ = writeln!(
             out,
             "# HELP process_max_fds Maximum number of open file descriptors.\n\
@@ -91,14 +92,4 @@ pub fn render(out: &mut String) {
              process_max_fds {limit}"
         );
     }
-}
-
-/// The soft limit on open files, from /proc/self/limits (`unlimited` is reported as such by
-/// the kernel and left out here, as the Go and Python clients do).
-fn max_fds() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
 }
