@@ -94,6 +94,24 @@ pub enum Position {
     After,
 }
 
+impl Position {
+    /// The phase that applies, if one does.
+    pub fn phase(self) -> Option<usize> {
+        match self {
+            Position::In { index, .. } => Some(index),
+            Position::Before { .. } | Position::After => None,
+        }
+    }
+
+    /// How long until the position moves on (to a phase, or past one); `None` after the end.
+    pub fn remaining(self) -> Option<Duration> {
+        match self {
+            Position::In { remaining, .. } | Position::Before { remaining } => Some(remaining),
+            Position::After => None,
+        }
+    }
+}
+
 impl Scenario {
     /// Parses and checks a scenario; `validate` parses a phase's behaviour as the server would.
     pub fn parse(

@@ -118,17 +118,10 @@ impl State {
     fn current(&self, now: Instant) -> Current {
         let scenario = self.scenario.as_ref().map(|running| {
             let position = running.position(now);
-            let phase = match position {
-                Position::In { index, .. } => Some(Arc::clone(&running.phases[index])),
-                Position::Before { .. } | Position::After => None,
-            };
-            let until = match position {
-                Position::In { remaining, .. } | Position::Before { remaining } => {
-                    Some(now + remaining)
-                }
-                Position::After => None,
-            };
-            (phase, until)
+            let phase = position
+                .phase()
+                .map(|index| Arc::clone(&running.phases[index]));
+            (phase, position.remaining().map(|remaining| now + remaining))
         });
         if let Some(control) = &self.control {
             return Current {
@@ -287,12 +280,9 @@ impl Live {
         let state = self.state();
         let running = state.scenario.as_ref()?;
         let position = running.position(now);
-        let phase = match position {
-            Position::In { index, .. } => {
-                Some((index, running.scenario.phases[index].name.clone()))
-            }
-            Position::Before { .. } | Position::After => None,
-        };
+        let phase = position
+            .phase()
+            .map(|index| (index, running.scenario.phases[index].name.clone()));
         Some(ScenarioNow {
             looping: running.scenario.looping,
             position,
@@ -314,13 +304,7 @@ impl Live {
                 match &state.scenario {
                     Some(running) => {
                         let position = running.position(now);
-                        let (index, wait) = match position {
-                            Position::In {
-                                index, remaining, ..
-                            } => (Some(index), Some(remaining)),
-                            Position::Before { remaining } => (None, Some(remaining)),
-                            Position::After => (None, None),
-                        };
+                        let (index, wait) = (position.phase(), position.remaining());
                         let names = running
                             .scenario
                             .phases
