@@ -7,6 +7,7 @@ mod cli;
 mod client_tls;
 mod contract;
 mod control;
+mod deploy;
 mod differential;
 mod docs;
 mod fuzz;
