@@ -538,12 +538,15 @@ def measured(variant: Variant, drive) -> dict:
 def callgrind_run(
     binary: Path, requests_wanted: int, connections: int, gateway: bool = False,
     gateway_args: list[str] | None = None, serve_args: list[str] | None = None,
+    shape: str = "plain",
 ) -> tuple[int, int]:
     """Runs the server under callgrind with one worker, drives it with wrk until at least
     `requests_wanted` requests were answered (0: none), stops it, and returns
     (instructions, requests). With `gateway`, the server under callgrind is
     `microservice2 gateway` (with `gateway_args`), in front of a serve-mode upstream running
-    natively. `serve_args` are added to the server's own flags (either mode)."""
+    natively. `serve_args` are added to the server's own flags (either mode). `shape` is a
+    request shape of wrk/shape.lua; answers other than 2xx are allowed only when the server's
+    flags inject them."""
     port = free_port()
     upstream = None
     args = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -571,9 +574,11 @@ def callgrind_run(
             while served < requests_wanted:
                 got = run_wrk(
                     f"http://127.0.0.1:{port}{path}",
-                    ["-t1", f"-c{connections}", "-d5s", "--timeout", "10s"], None, [],
+                    ["-t1", f"-c{connections}", "-d5s", "--timeout", "10s"],
+                    str(ROOT / "wrk" / "shape.lua"), [shape],
                 )
-                if got["non_2xx"] or got["socket_errors"]:
+                injects = any(arg.startswith("--behaviour") for arg in serve_args or [])
+                if (got["non_2xx"] and not injects) or got["socket_errors"]:
                     raise RuntimeError(f"errors under callgrind: {got}")
                 served += got["requests"]
             # The probe connection of wait_port is not a request; each wrk round's
@@ -594,10 +599,11 @@ def callgrind_run(
 
 def instructions_per_request(
     binary: Path, requests: int, gateway: bool = False, gateway_args: list[str] | None = None,
-    serve_args: list[str] | None = None,
+    serve_args: list[str] | None = None, shape: str = "plain",
 ) -> dict:
-    base, _ = callgrind_run(binary, 0, 10, gateway, gateway_args, serve_args)
-    loaded, served = callgrind_run(binary, requests, 10, gateway, gateway_args, serve_args)
+    base, _ = callgrind_run(binary, 0, 10, gateway, gateway_args, serve_args, shape)
+    loaded, served = callgrind_run(
+        binary, requests, 10, gateway, gateway_args, serve_args, shape)
     return {
         "instructions_total": loaded,
         "instructions_startup_shutdown": base,

@@ -3,6 +3,8 @@
 //! millisecond. Between refreshes every response hands out clones of the same `Bytes`, so a
 //! request costs a clock read and a few reference-count increments: no JSON, no formatting.
 
+use std::cell::OnceCell;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -32,13 +34,36 @@ pub struct Snapshot {
     pub wire: Bytes,
     /// Length of the status line and headers in `wire` (a HEAD answer is `wire[..head_len]`).
     pub head_len: usize,
+    /// Where the `content-length` line starts in `wire`: a `connection` header hyper adds
+    /// goes just before it.
+    pub length_at: usize,
     /// The body: `wire[head_len..]`, without a copy.
     pub body: Bytes,
-    /// The response headers except `content-length`, which hyper adds from the body.
-    pub headers: HeaderMap,
+    /// The response headers except `content-length` (which hyper adds from the body), for
+    /// hyper's path: made the first time it asks in the millisecond, not at every render.
+    headers: OnceCell<HeaderMap>,
+    /// Where the `date` value is in `wire`.
+    date: Range<usize>,
+    location: HeaderValue,
 }
 
 impl Snapshot {
+    /// The response headers except `content-length`, which hyper adds from the body.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers.get_or_init(|| {
+            let mut headers = HeaderMap::with_capacity(5);
+            headers.insert(CONTENT_TYPE, JSON);
+            headers.insert(ENGINE, ENGINE_VALUE);
+            headers.insert(LOCATION, self.location.clone());
+            headers.insert(
+                DATE,
+                HeaderValue::from_maybe_shared(self.wire.slice(self.date.clone()))
+                    .expect("the time formatters write only visible ASCII"),
+            );
+            headers
+        })
+    }
+
     /// The bytes of a HEAD answer: the status line and headers only.
     pub fn head(&self) -> Bytes {
         self.wire.slice(..self.head_len)
@@ -58,6 +83,37 @@ pub struct AvatarCache {
     /// The monotonic instant at which the wall clock's millisecond of `current` ends.
     valid_until: Instant,
     current: Snapshot,
+    /// `current` as answers to HTTP/1.0 or `connection: close` requests are written
+    /// ([`Variant`]), each rendered the first time it is asked for in the millisecond.
+    variants: [Option<Bytes>; 3],
+}
+
+/// How hyper writes the avatars for a request that is not plain HTTP/1.1 kept alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// HTTP/1.0, closed after: the status line says `HTTP/1.0`.
+    Http10,
+    /// HTTP/1.0 kept alive: `HTTP/1.0` and `connection: keep-alive`.
+    Http10KeepAlive,
+    /// HTTP/1.1 with `connection: close`.
+    Close,
+}
+
+impl Variant {
+    fn status_line(self) -> &'static [u8] {
+        match self {
+            Variant::Http10 | Variant::Http10KeepAlive => b"HTTP/1.0 200 OK\r\n",
+            Variant::Close => b"HTTP/1.1 200 OK\r\n",
+        }
+    }
+
+    fn connection(self) -> &'static [u8] {
+        match self {
+            Variant::Http10 => b"",
+            Variant::Http10KeepAlive => b"connection: keep-alive\r\n",
+            Variant::Close => b"connection: close\r\n",
+        }
+    }
 }
 
 /// One millisecond in nanoseconds.
@@ -69,6 +125,7 @@ impl AvatarCache {
         let wall = time::now();
         AvatarCache {
             current: render(date_header, &location, wall),
+            variants: [None, None, None],
             date_header,
             location,
             valid_until: millisecond_end(now, wall),
@@ -85,9 +142,28 @@ impl AvatarCache {
         &self.current
     }
 
+    /// [`AvatarCache::at`] as `variant` writes it: the whole answer, and the length of its
+    /// status line and headers (a HEAD answer's bytes).
+    pub fn variant(&mut self, now: Instant, variant: Variant) -> (Bytes, usize) {
+        self.at(now);
+        let current = &self.current;
+        let line = variant.status_line();
+        let header = variant.connection();
+        let wire = self.variants[variant as usize].get_or_insert_with(|| {
+            let mut out = BytesMut::with_capacity(current.wire.len() + header.len());
+            out.put_slice(line);
+            out.put_slice(&current.wire[line.len()..current.length_at]);
+            out.put_slice(header);
+            out.put_slice(&current.wire[current.length_at..]);
+            out.freeze()
+        });
+        (wire.clone(), current.head_len + header.len())
+    }
+
     #[cold]
     fn refresh(&mut self, now: Instant) {
         let wall = time::now();
+        self.variants = [None, None, None];
         self.current = render(self.date_header, &self.location, wall);
         self.valid_until = millisecond_end(now, wall);
     }
@@ -116,7 +192,9 @@ pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) ->
     let date_start = wire.len();
     time::put_date(date_header, now, &mut wire);
     let date_end = wire.len();
-    wire.put_slice(b"\r\ncontent-length: ");
+    wire.put_slice(b"\r\n");
+    let length_at = wire.len();
+    wire.put_slice(b"content-length: ");
     wire.put_slice(TEMPLATE.len().to_string().as_bytes());
     wire.put_slice(b"\r\n\r\n");
     let head_len = wire.len();
@@ -125,19 +203,13 @@ pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) ->
     wire[created_at_start..created_at_start + time::CREATED_AT_LEN].copy_from_slice(&created_at);
     let wire = wire.freeze();
 
-    let mut headers = HeaderMap::with_capacity(5);
-    headers.insert(CONTENT_TYPE, JSON);
-    headers.insert(ENGINE, ENGINE_VALUE);
-    headers.insert(LOCATION, location.clone());
-    headers.insert(
-        DATE,
-        HeaderValue::from_maybe_shared(wire.slice(date_start..date_end))
-            .expect("the time formatters write only visible ASCII"),
-    );
     Snapshot {
         body: wire.slice(head_len..),
         head_len,
-        headers,
+        length_at,
+        headers: OnceCell::new(),
+        date: date_start..date_end,
+        location: location.clone(),
         wire,
     }
 }
@@ -224,11 +296,11 @@ mod tests {
              content-length: 3696\r\n\r\n"
         );
         assert_eq!(
-            snapshot.headers[DATE],
+            snapshot.headers()[DATE],
             "2023-04-21T12:40:19.925350124+00:00"
         );
         let snapshot = render(DateHeader::Http, &LOCATION_VALUE, seed_instant);
-        assert_eq!(snapshot.headers[DATE], "Fri, 21 Apr 2023 12:40:19 GMT");
+        assert_eq!(snapshot.headers()[DATE], "Fri, 21 Apr 2023 12:40:19 GMT");
         assert!(
             snapshot
                 .head()

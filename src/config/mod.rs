@@ -293,15 +293,16 @@ impl Config {
         )
     }
 
-    /// Whether plain requests may take the fast path's fixed answer: no server-wide profile
-    /// (or one that can change: then each batch asks whether it is empty now) and no load
-    /// shedding, which both need each request counted and planned, no `--no-fast-path`, and
-    /// no `--server-timing` (its headers are per request).
+    /// Whether connections start on the fast path: not with `--no-fast-path`, nor with
+    /// `--server-timing` (its headers are per request). In serve mode the fast path plans
+    /// behaviour and sheds load itself; a gateway's fast path only calls the upstream, so a
+    /// gateway needs no server-wide profile (or one that can change: then each batch asks
+    /// whether it is empty now) and no load shedding.
     pub fn fast_path_allowed(&self) -> bool {
-        (self.profile.is_empty() || self.behaviour_changes())
-            && self.max_inflight.is_none()
-            && !self.no_fast_path
-            && !self.server_timing
+        let gateway_plain = self.gateway.is_none()
+            || ((self.profile.is_empty() || self.behaviour_changes())
+                && self.max_inflight.is_none());
+        gateway_plain && !self.no_fast_path && !self.server_timing
     }
 
     /// Whether the server-wide behaviour can change while the server runs: by the control API

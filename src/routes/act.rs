@@ -20,6 +20,11 @@ use crate::behaviour::{self, BehaviourError, Controls, Fault, Plan, Rng};
 use crate::gateway::Forward;
 use crate::time;
 
+/// The body of an injected error status.
+pub(super) fn injected_body(status: StatusCode) -> String {
+    format!(r#"{{"error":"injected","status":{}}}"#, status.as_u16())
+}
+
 /// How many `count=N` bodies each worker keeps rendered.
 const LIST_CACHE: usize = 16;
 
@@ -118,12 +123,10 @@ impl Routes {
             Some(Fault::Truncate) => self.fault_injected(Fault::Truncate),
             None => {}
         }
-        let injected = plan
-            .status
-            .map(|code| StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        let injected = plan.status.map(super::shaped::injected_status);
         let (status, body, mut headers) = match (injected, forward, &self.gateway) {
             (Some(status), _, _) => {
-                let body = format!(r#"{{"error":"injected","status":{}}}"#, status.as_u16());
+                let body = injected_body(status);
                 let mut headers = HeaderMap::with_capacity(2);
                 headers.insert(CONTENT_TYPE, JSON);
                 (status, Content::from(Bytes::from(body)), headers)

@@ -10,6 +10,7 @@ mod control;
 mod gateway;
 pub mod live;
 mod reply;
+mod shaped;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -30,10 +31,11 @@ use crate::gateway::Gateway;
 use crate::ops::metrics::{MethodLabel, Route, WorkerMetrics};
 use admission::Admission;
 pub use admission::Shared;
-pub use classify::{Head, classify};
+pub use classify::{Connection, Head, Shape, Span, classify};
 pub use gateway::GatewayWire;
 pub use reply::{FaultSignal, Recorded, Reply};
 use reply::{overloaded, plain, with_headers};
+pub use shaped::{Answer, Decision, Held};
 
 pub(crate) const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -58,6 +60,13 @@ pub struct Routes {
     avatars: RefCell<AvatarCache>,
     /// The server-wide profile, when it cannot change (no `--control`, no `--scenario`).
     profile: Controls,
+    /// A request of the plain shape may get the plain answer without planning: no static
+    /// profile (a changing one is asked each batch) and no load shedding.
+    plain_shape: bool,
+    /// The static profile is empty.
+    profile_empty: bool,
+    /// The last behaviour header the fast path parsed, and its controls.
+    header_controls: RefCell<shaped::HeaderControls>,
     /// Set when the server-wide profile can change: this worker's copy of the one that
     /// applies now.
     live: Option<RefCell<live::Cached>>,
@@ -109,6 +118,10 @@ impl Routes {
             path: config.path.clone(),
             avatars: RefCell::new(AvatarCache::new(config.date_header, location.clone())),
             profile: config.profile.clone(),
+            plain_shape: config.max_inflight.is_none()
+                && (config.profile.is_empty() || config.behaviour_changes()),
+            profile_empty: config.profile.is_empty(),
+            header_controls: RefCell::default(),
             live: config
                 .behaviour_changes()
                 .then(|| live::Cached::new(&shared.live, Instant::now())),
@@ -295,7 +308,7 @@ impl Routes {
     fn avatar_parts(&self) -> (Bytes, HeaderMap) {
         let mut avatars = self.avatars.borrow_mut();
         let snapshot = avatars.at(std::time::Instant::now());
-        (snapshot.body.clone(), snapshot.headers.clone())
+        (snapshot.body.clone(), snapshot.headers().clone())
     }
 
     /// Answers one request on `route`; `faults` reaches the connection for socket faults.

@@ -37,6 +37,9 @@ pub use super::output::Prefixed;
 use super::stream::Stream;
 use crate::ops::metrics::{CloseReason, MethodLabel, Route};
 use crate::routes::{GatewayWire, Head, Routes};
+pub use batch::Batch;
+
+mod batch;
 
 /// How a fast-path connection ended.
 #[derive(Debug)]
@@ -50,6 +53,10 @@ pub enum Outcome<S> {
 /// Bytes a connection reads at a time. Reads land in the worker's [`READ_SCRATCH`]; a
 /// connection keeps bytes of its own only while a request is incomplete, or in gateway mode.
 const READ_SIZE: usize = 4096;
+
+/// Bytes a connection keeps while a request waits out its delay; past that it reads no more
+/// until the answer is written (pipelined requests wait their turn in the socket).
+const MAX_KEPT: usize = 64 * 1024;
 
 thread_local! {
     /// The worker's read buffer, shared by all of its fast-path connections: a read fills it
@@ -159,12 +166,18 @@ pub async fn serve<P: Plain, S: Stream>(
     // request.
     let mut timer = std::pin::pin!(tokio::time::sleep(timeouts.idle));
     let mut timer_registered = false;
+    let mut timer_spent = false;
+    // When an answer written after its delay went out: the connection is idle from then.
+    let mut answered_late = None;
     loop {
         // Step 1: answer every complete request read (more than one when pipelined), up to
         // what one write may carry. The batch's clock read dates its answers (through the
         // avatar cache) and starts its duration.
         let start = Instant::now();
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            answered_at: answered_late.take(),
+            ..Batch::default()
+        };
         plain.answer(&mut conn, &mut batch, start).await;
         // Step 2: write the answers; a write that stops making progress ends the connection.
         match conn.flush(timer.as_mut()).await {
@@ -174,9 +187,33 @@ pub async fn serve<P: Plain, S: Stream>(
             Err(reason) => return conn.closed(reason).await,
         }
         conn.record(&mut batch, start);
-        // Step 3: hand over, go on answering, or wait.
+        // Step 3: close after an answer that ends the connection, hand over, answer a
+        // request after its delay, go on answering, or wait.
+        if batch.close {
+            return conn.closed(CloseReason::Client).await;
+        }
         if batch.hand_over {
             return conn.hand_over();
+        }
+        if let Some(waiting) = batch.waiting.take() {
+            // The connection's own timer: no deadline of its runs while a request waits.
+            timer_spent = true;
+            if let Err(reason) = conn.wait_until(waiting.until, timer.as_mut()).await {
+                // The client went while its request waited: hyper drops such a request too.
+                return conn.closed(reason).await;
+            }
+            // Shutdown began during the wait: the answer says `connection: close`, as hyper's.
+            let closes = waiting.answer(conn.routes, &mut conn.output, *flag.borrow());
+            answered_late = Some(Instant::now());
+            if closes {
+                if let Err(reason) = conn.flush(timer.as_mut()).await {
+                    return conn.closed(reason).await;
+                }
+                return conn.closed(CloseReason::Client).await;
+            }
+            // Its answer goes out with the next batch's, in order.
+            timer_registered = false;
+            continue;
         }
         conn.settle(&batch, start);
         if batch.full {
@@ -191,7 +228,9 @@ pub async fn serve<P: Plain, S: Stream>(
             };
         }
         let deadline = conn.deadline();
-        if timer.deadline() > deadline {
+        // After a request's delay the timer is at its end, not at a deadline of the
+        // connection's: set it again at once rather than wake for nothing.
+        if timer.deadline() > deadline || std::mem::take(&mut timer_spent) {
             timer.as_mut().reset(deadline);
             timer_registered = false;
         }
@@ -323,7 +362,7 @@ impl<S: Stream> Connection<'_, S> {
                 return;
             }
             let (len, head_only) = match routes.classify_call(&self.buf) {
-                Head::Avatar { len, head_only } => (len, head_only),
+                Head::Avatar(request) => (request.len, request.head_only),
                 Head::Partial => return,
                 Head::Hyper => {
                     batch.hand_over = true;
@@ -440,61 +479,5 @@ impl<S: Stream> Connection<'_, S> {
             self.stream.close(self.timeouts.write).await;
         }
         Outcome::Closed(reason)
-    }
-}
-
-/// What one pass over the bytes read produced.
-#[derive(Default)]
-pub struct Batch {
-    /// Avatar answers, GET and HEAD.
-    answered: [u64; 2],
-    /// At least one request was taken off the front of the bytes read.
-    consumed: bool,
-    /// When the batch's last answer was written: the connection is idle from then on.
-    answered_at: Option<Instant>,
-    /// The output is full: write it, then go on answering before reading more.
-    full: bool,
-    /// A request that needs hyper is next.
-    hand_over: bool,
-}
-
-impl Batch {
-    /// Answers the complete avatar requests at the front of `input` into `output`; returns how
-    /// many bytes they took. Stops at an incomplete request, at one that needs hyper, or when
-    /// the output is full.
-    #[inline]
-    fn answer_avatars(
-        &mut self,
-        input: &[u8],
-        routes: &Routes,
-        now: Instant,
-        output: &mut Output,
-    ) -> usize {
-        // A server-wide profile that can change may not be empty now: then hyper plans
-        // every request from here on.
-        if !routes.fast_path_open(|| now.into_std()) {
-            self.hand_over = true;
-            return 0;
-        }
-        let mut used = 0;
-        loop {
-            match routes.classify(&input[used..]) {
-                Head::Avatar { len, head_only } => {
-                    used += len;
-                    self.answered[usize::from(head_only)] += 1;
-                    self.consumed = true;
-                    output.push(routes.avatar_bytes(head_only, now.into_std()));
-                    if output.is_full() {
-                        self.full = used < input.len();
-                        return used;
-                    }
-                }
-                Head::Partial => return used,
-                Head::Hyper => {
-                    self.hand_over = true;
-                    return used;
-                }
-            }
-        }
     }
 }

@@ -43,9 +43,12 @@ fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #[test]
     fn fuzz_classify_never_panics_and_stays_in_bounds(bytes in request_bytes()) {
-        if let Head::Avatar { len, .. } = classify(&bytes, "/v1/avatar") {
-            prop_assert!(len <= bytes.len());
-            prop_assert!(bytes.starts_with(b"GET /v1/avatar ") || bytes.starts_with(b"HEAD /v1/avatar "));
+        if let Head::Avatar(request) = classify(&bytes, "/v1/avatar") {
+            prop_assert!(request.len <= bytes.len());
+            prop_assert!(bytes.starts_with(b"GET /v1/avatar") || bytes.starts_with(b"HEAD /v1/avatar"));
+            for span in [request.query, request.behaviour].into_iter().flatten() {
+                prop_assert!(span.start <= span.end && span.end <= request.len);
+            }
         }
     }
 

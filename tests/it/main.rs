@@ -18,6 +18,7 @@ mod packaging;
 mod protocol;
 mod reliability;
 mod scenario;
+mod shapes;
 mod structure;
 mod support;
 mod tls;

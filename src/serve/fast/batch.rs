@@ -1,0 +1,216 @@
+//! One pass of the fast path over the bytes a connection read: each complete request at the
+//! front is answered into the output (the plain shape from the pre-rendered answer, any other
+//! shape as [`Routes::decide`] plans it), until the output is full, a request must wait out
+//! a delay, an answer ends the connection, or a request needs hyper.
+
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::ReadBuf;
+use tokio::time::{Instant, Sleep};
+
+use super::{Connection, MAX_KEPT, READ_SCRATCH};
+use crate::serve::stream::Stream;
+
+use crate::ops::metrics::{CloseReason, MethodLabel, Route};
+use crate::routes::{Answer, Connection as Asked, Decision, Head, Held, Routes, Shape};
+use crate::serve::output::Output;
+
+/// What one pass over the bytes read produced.
+#[derive(Default)]
+pub struct Batch {
+    /// Avatar answers, GET and HEAD.
+    pub(super) answered: [u64; 2],
+    /// At least one request was taken off the front of the bytes read.
+    pub(super) consumed: bool,
+    /// When the batch's last answer was written: the connection is idle from then on.
+    pub(super) answered_at: Option<Instant>,
+    /// The output is full: write it, then go on answering before reading more.
+    pub(super) full: bool,
+    /// A request that needs hyper is next.
+    pub(super) hand_over: bool,
+    /// The last answer ends the connection (`connection: close`, HTTP/1.0).
+    pub(super) close: bool,
+    /// The last request taken waits out a delay before its answer.
+    pub(super) waiting: Option<Box<Waiting>>,
+}
+
+/// A request taken off the connection whose answer comes after its delay.
+pub(super) struct Waiting {
+    pub(super) until: Instant,
+    /// When its batch began: its duration counts from then.
+    since: Instant,
+    answer: Answer,
+    request: Shape,
+    held: Held,
+}
+
+impl Waiting {
+    /// Its answer, into `output`, now that the delay is over; records it, and says whether
+    /// the connection ends after it: when the request asked, or when shutdown has begun
+    /// (`stopping`: an HTTP/1.1 answer then says `connection: close`, as hyper's does).
+    pub(super) fn answer(self, routes: &Routes, output: &mut Output, stopping: bool) -> bool {
+        let now = Instant::now();
+        let mut request = self.request;
+        if stopping {
+            request.connection = if request.http10 {
+                Asked::Unsaid
+            } else {
+                Asked::Close
+            };
+        }
+        let status = routes.answer_bytes(self.answer, &request, now.into_std(), |bytes| {
+            output.push(bytes)
+        });
+        // Out of flight once answered, as on hyper's path.
+        drop(self.held);
+        record_one(routes, &request, status, now - self.since);
+        request.closes()
+    }
+}
+
+/// Records one answer that is not batched (an error status, or one after a delay).
+fn record_one(routes: &Routes, request: &Shape, status: u16, elapsed: std::time::Duration) {
+    let method = [MethodLabel::Get, MethodLabel::Head][usize::from(request.head_only)];
+    routes.record(Route::Avatar, method, status, elapsed, 1);
+    if routes.access_logging() {
+        let method = ["GET", "HEAD"][usize::from(request.head_only)];
+        routes.access(method, routes.path(), status, elapsed, 0);
+    }
+}
+
+impl<S: Stream> Connection<'_, S> {
+    /// Waits until `until` (a request's delay) on the connection's `timer`, reading
+    /// meanwhile what the client sends (at most [`MAX_KEPT`]) to notice it going away, as
+    /// hyper's path does.
+    pub(super) async fn wait_until(
+        &mut self,
+        until: Instant,
+        mut sleep: Pin<&mut Sleep>,
+    ) -> Result<(), CloseReason> {
+        sleep.as_mut().reset(until);
+        loop {
+            let room = self.buf.len() < MAX_KEPT;
+            let read = std::future::poll_fn(|cx| {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                if !room {
+                    return Poll::Pending;
+                }
+                READ_SCRATCH
+                    .with_borrow_mut(|scratch| {
+                        let mut read = ReadBuf::new(&mut scratch[..]);
+                        Pin::new(&mut self.stream)
+                            .poll_read(cx, &mut read)
+                            .map_ok(|()| read.filled().len())
+                    })
+                    .map(Some)
+            })
+            .await;
+            match read {
+                None => return Ok(()),
+                Some(Ok(0)) => return Err(CloseReason::Client),
+                Some(Err(err)) => return Err(CloseReason::of_io(&err)),
+                Some(Ok(n)) => READ_SCRATCH.with_borrow(|scratch| self.keep(&scratch[..n])),
+            }
+        }
+    }
+}
+
+impl Batch {
+    /// Answers the complete requests at the front of `input` into `output`; returns how many
+    /// bytes they took. Stops at an incomplete request, at one that needs hyper, at one that
+    /// waits or closes, or when the output is full.
+    #[inline]
+    pub(super) fn answer_avatars(
+        &mut self,
+        input: &[u8],
+        routes: &Routes,
+        now: Instant,
+        output: &mut Output,
+    ) -> usize {
+        // Whether the plain shape is answered without planning (no server-wide profile now,
+        // no load shedding): asked once a batch.
+        let plain = routes.plain_now(|| now.into_std());
+        let mut used = 0;
+        loop {
+            let request = match routes.classify(&input[used..]) {
+                Head::Avatar(request) => request,
+                Head::Partial => return used,
+                Head::Hyper => {
+                    self.hand_over = true;
+                    return used;
+                }
+            };
+            if plain && request.is_plain() {
+                used += request.len;
+                self.answered[usize::from(request.head_only)] += 1;
+                self.consumed = true;
+                output.push(routes.avatar_bytes(request.head_only, now.into_std()));
+            } else {
+                // Only the version or the connection header differ: no plan to draw.
+                let unplanned = plain && request.query.is_none() && request.behaviour.is_none();
+                let decision = if unplanned {
+                    Decision::Now(Answer::Avatars)
+                } else {
+                    routes.decide(&input[used..], &request, now.into_std())
+                };
+                match decision {
+                    Decision::Hyper => {
+                        self.hand_over = true;
+                        return used;
+                    }
+                    Decision::Now(answer) => {
+                        used += request.len;
+                        self.consumed = true;
+                        self.answer_now(routes, answer, &request, now, output);
+                        if request.closes() {
+                            self.close = true;
+                            return used;
+                        }
+                    }
+                    Decision::Later {
+                        delay,
+                        answer,
+                        held,
+                    } => {
+                        used += request.len;
+                        self.consumed = true;
+                        self.waiting = Some(Box::new(Waiting {
+                            until: Instant::now() + delay,
+                            since: now,
+                            answer,
+                            request,
+                            held,
+                        }));
+                        return used;
+                    }
+                }
+            }
+            if output.is_full() {
+                self.full = used < input.len();
+                return used;
+            }
+        }
+    }
+
+    /// An answer planned on the fast path, now: avatars are counted with the batch, an error
+    /// status on its own.
+    fn answer_now(
+        &mut self,
+        routes: &Routes,
+        answer: Answer,
+        request: &Shape,
+        now: Instant,
+        output: &mut Output,
+    ) {
+        let status =
+            routes.answer_bytes(answer, request, now.into_std(), |bytes| output.push(bytes));
+        if answer == Answer::Avatars {
+            self.answered[usize::from(request.head_only)] += 1;
+        } else {
+            record_one(routes, request, status, now.elapsed());
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Every shape of a GET of the served path on the fast path: a query, the behaviour header, a
+//! server-wide profile, load shedding, HTTP/1.0 and `connection: close` are answered there
+//! (the connection is never handed to hyper), delays wait on a timer without holding up the
+//! worker or reordering pipelined answers, and a shed request gets hyper's bytes. That they
+//! answer as hyper does, byte for byte, is `differential.rs`'s.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::support::{Client, TestServer, config, masked, masked_response, spawn, wait_until};
+
+const HANDOVERS: &str = "microservice2_fast_path_handovers_total";
+
+/// Requests in flight, scraped on the admin port (so the main port's count of hand-overs
+/// stays the test's own).
+fn inflight(server: &TestServer) -> f64 {
+    let admin = server.admin.expect("--admin-port");
+    let mut scraper = Client::connect(admin);
+    let text = ask(&mut scraper, "GET /metrics HTTP/1.1\r\n\r\n").body_text();
+    crate::support::sample(&text, "microservice2_inflight_requests", &[])
+}
+
+fn ask(client: &mut Client, request: &str) -> crate::support::RawResponse {
+    client.send(request.as_bytes());
+    client.read_response(request.starts_with("HEAD"))
+}
+
+#[test]
+fn every_shape_of_a_get_is_answered_without_hyper() {
+    let server = spawn(config(&[]));
+    let mut client = server.connect();
+    let shapes = [
+        ("GET /v1/avatar?cb=17 HTTP/1.1\r\nHost: t\r\n\r\n", 200),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nx-m2-behaviour: status=200\r\n\r\n",
+            200,
+        ),
+        ("GET /v1/avatar?status=503 HTTP/1.1\r\nHost: t\r\n\r\n", 503),
+        (
+            "HEAD /v1/avatar HTTP/1.1\r\nX-M2-Behaviour: status=429\r\n\r\n",
+            429,
+        ),
+        (
+            "GET /v1/avatar?delay=5ms&cb=2 HTTP/1.1\r\nHost: t\r\n\r\n",
+            200,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            200,
+        ),
+        (
+            "GET /v1/avatar HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+            200,
+        ),
+    ];
+    for (request, status) in shapes {
+        let answer = ask(&mut client, request);
+        assert_eq!(answer.status, status, "{request:?}");
+    }
+    // The HTTP/1.0 answer said keep-alive, and the connection stayed open for the rest.
+    assert_eq!(
+        ask(&mut client, "GET /v1/avatar HTTP/1.1\r\n\r\n").status,
+        200
+    );
+    // `connection: close` and HTTP/1.0 without keep-alive: answered, then closed.
+    for request in [
+        "GET /v1/avatar HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /v1/avatar HTTP/1.0\r\n\r\n",
+    ] {
+        let mut once = server.connect();
+        let answer = ask(&mut once, request);
+        assert_eq!(answer.status, 200, "{request:?}");
+        assert_eq!(answer.body.len(), 3696);
+        assert!(once.is_closed(), "{request:?}");
+    }
+    assert_eq!(server.metric(HANDOVERS, &[]), 0.0);
+    // What only hyper's path acts out still goes there.
+    ask(&mut client, "GET /v1/avatar?count=2 HTTP/1.1\r\n\r\n");
+    assert_eq!(server.metric(HANDOVERS, &[]), 1.0);
+}
+
+#[test]
+fn a_server_profile_is_planned_without_hyper() {
+    let server = spawn(config(&["--control", "--admin-port", "0", "--seed", "3"]));
+    let admin = server.admin.expect("--admin-port");
+    let mut client = server.connect();
+    assert_eq!(
+        ask(&mut client, "GET /v1/avatar HTTP/1.1\r\n\r\n").status,
+        200
+    );
+    let profile = "status=503:50&delay=uniform(1ms,2ms)";
+    crate::control::control(admin, "PUT", "/admin/behaviour", profile, None);
+    let mut statuses = [0u32; 2];
+    for _ in 0..200 {
+        let answer = ask(&mut client, "GET /v1/avatar?cb=1 HTTP/1.1\r\n\r\n");
+        statuses[usize::from(answer.status == 503)] += 1;
+    }
+    assert!(statuses.iter().all(|&n| n > 50), "{statuses:?}");
+    // The connection that met the profile stayed on the fast path.
+    assert_eq!(server.metric(HANDOVERS, &[]), 0.0);
+    let answered = |status: &str| {
+        server.metric(
+            "microservice2_requests_total",
+            &[("route", "avatar"), ("status", status)],
+        )
+    };
+    assert_eq!(answered("200") + answered("503"), 201.0);
+}
+
+#[test]
+fn a_delay_holds_neither_the_worker_nor_the_order_of_pipelined_answers() {
+    let server = spawn(config(&["--workers", "1", "--admin-port", "0"]));
+    let mut slow = server.connect();
+    let sent = Instant::now();
+    slow.send(
+        b"GET /v1/avatar?delay=400ms HTTP/1.1\r\n\r\n\
+          GET /v1/avatar?status=503 HTTP/1.1\r\n\r\n\
+          GET /v1/avatar HTTP/1.1\r\n\r\n",
+    );
+    wait_until(
+        "the delayed request is in flight",
+        Duration::from_secs(5),
+        || inflight(&server) == 1.0,
+    );
+    // The one worker answers another connection meanwhile.
+    let mut other = server.connect();
+    let answer = ask(&mut other, "GET /v1/avatar HTTP/1.1\r\n\r\n");
+    assert_eq!(answer.status, 200);
+    let meanwhile = sent.elapsed();
+    assert!(meanwhile < Duration::from_millis(400), "{meanwhile:?}");
+    // The pipelined answers come in the order asked, after the delay.
+    let statuses: Vec<u16> = (0..3).map(|_| slow.read_response(false).status).collect();
+    assert_eq!(statuses, [200, 503, 200]);
+    assert!(sent.elapsed() >= Duration::from_millis(400));
+    assert_eq!(server.metric(HANDOVERS, &[]), 0.0);
+}
+
+/// Sheds a plain request on `server` (`--max-inflight 1`) while a delayed one holds the only
+/// place; returns the shed answer as wire text, dates masked.
+fn shed_on(server: &TestServer) -> Vec<u8> {
+    let mut holder = server.connect();
+    holder.send(b"GET /v1/avatar?delay=500ms HTTP/1.1\r\n\r\n");
+    wait_until(
+        "the delayed request is in flight",
+        Duration::from_secs(5),
+        || inflight(server) == 1.0,
+    );
+    let mut shed = server.connect();
+    let answer = ask(
+        &mut shed,
+        "GET /v1/avatar HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    assert_eq!(holder.read_response(false).status, 200);
+    masked(&masked_response(&answer))
+}
+
+#[test]
+fn a_shed_request_gets_hypers_answer_on_the_fast_path() {
+    let flags = ["--max-inflight", "1", "--workers", "1", "--admin-port", "0"];
+    let fast = spawn(config(&flags));
+    let hyper = spawn(config(&[&flags[..], &["--no-fast-path"]].concat()));
+    assert_eq!(shed_on(&fast), shed_on(&hyper));
+    assert_eq!(fast.metric(HANDOVERS, &[]), 0.0);
+}
+
+#[test]
+fn a_client_gone_during_a_delay_is_neither_answered_nor_counted() {
+    let server = spawn(config(&["--workers", "1", "--admin-port", "0"]));
+    let addr: SocketAddr = server.addr;
+    let mut client = Client::connect(addr);
+    client.send(b"GET /v1/avatar?delay=300ms HTTP/1.1\r\n\r\n");
+    // (The scrapes below are connections of their own, answered on the metrics route.)
+    wait_until(
+        "the delayed request is in flight",
+        Duration::from_secs(5),
+        || inflight(&server) == 1.0,
+    );
+    let gone = Instant::now();
+    drop(client);
+    // Out of flight at once (not at the delay's end), and never counted as answered.
+    wait_until("the request is dropped", Duration::from_secs(5), || {
+        inflight(&server) == 0.0
+    });
+    assert!(
+        gone.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        gone.elapsed()
+    );
+    // Past the delay's end, it was not answered after all.
+    std::thread::sleep(Duration::from_millis(400));
+    let answered = [("route", "avatar")];
+    assert_eq!(
+        server.metric("microservice2_requests_total", &answered),
+        0.0
+    );
+}
