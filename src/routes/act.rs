@@ -170,7 +170,8 @@ impl Routes {
         response
     }
 
-    pub(super) fn fault_injected(&self, fault: Fault) {
+    /// Counts an injected socket fault.
+    pub fn fault_injected(&self, fault: Fault) {
         if self.record {
             self.metrics.fault(fault);
         }

@@ -186,6 +186,11 @@ impl Routes {
         classify::classify_call(buf, &self.path, self.attempt_header.as_str())
     }
 
+    /// `--max-hang`: how long `fault=hang` holds a request before closing.
+    pub fn max_hang(&self) -> Duration {
+        self.max_hang
+    }
+
     /// The state all workers share.
     pub fn shared(&self) -> &Shared {
         &self.shared

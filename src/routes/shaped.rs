@@ -13,12 +13,13 @@ use hyper::StatusCode;
 use super::admission::{Admission, InflightGuard};
 use super::classify::Shape;
 use super::{OVERLOADED_BODY, Routes};
+use crate::behaviour::body::{Body, Content};
 use crate::behaviour::parse::{KEYS, Unknown};
-use crate::behaviour::{Controls, Limits, Rng};
+use crate::behaviour::{Controls, Fault, Limits, Plan, Rng};
 use crate::time;
 
 /// What answers a request on the fast path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
     /// The avatars (status 200).
     Avatars,
@@ -26,6 +27,11 @@ pub enum Answer {
     Injected(u16),
     /// `--max-inflight`'s 503.
     Overloaded,
+    /// A socket fault instead of an answer: `reset`, `close` or `hang` (then close).
+    Fault(Fault),
+    /// A body planned to be streamed: `count`, `drip`, `rate` or `fault=truncate`, with an
+    /// injected status or the avatars.
+    Streamed(Box<Plan>),
 }
 
 /// What the fast path does with a request that is not the plain shape.
@@ -128,13 +134,18 @@ impl Routes {
         if empty && self.max_inflight.is_none() {
             return Decision::Now(Answer::Avatars);
         }
-        let acted_by_hyper = controls.fault.is_some()
-            || controls.count.is_some()
-            || controls.drip.is_some()
-            || controls.rate.is_some()
-            || controls.fail_first.is_some();
-        if acted_by_hyper {
+        // `fail-first` needs the attempt header, which only hyper's path reads.
+        if controls.fail_first.is_some() {
             return Decision::Hyper;
+        }
+        if controls.rate.is_some() {
+            let longest = match controls.count {
+                Some(count) => self.list_template(count).len(),
+                None => crate::avatar::TEMPLATE.len(),
+            };
+            if controls.check_rate(longest, &self.limits).is_err() {
+                return Decision::Hyper;
+            }
         }
         let guard = match self.admit(controls, false) {
             Admission::Admitted(guard) => guard,
@@ -151,8 +162,16 @@ impl Routes {
             Some(seed) => controls.plan(&mut Rng::new(seed), inflight, &self.limits),
             None => controls.plan(&mut self.rng.borrow_mut(), inflight, &self.limits),
         };
-        let answer = plan.status.map_or(Answer::Avatars, Answer::Injected);
-        if plan.delay.is_zero() {
+        let streamed = plan.fault == Some(Fault::Truncate)
+            || plan.count.is_some()
+            || plan.drip.is_some()
+            || plan.rate.is_some();
+        let answer = match plan.fault {
+            Some(fault) if fault != Fault::Truncate => Answer::Fault(fault),
+            _ if streamed => Answer::Streamed(Box::new(plan.clone())),
+            _ => plan.status.map_or(Answer::Avatars, Answer::Injected),
+        };
+        if plan.delay.is_zero() && !matches!(answer, Answer::Fault(_) | Answer::Streamed(_)) {
             Decision::Now(answer)
         } else {
             Decision::Later {
@@ -164,15 +183,16 @@ impl Routes {
     }
 
     /// Hands `push` the bytes hyper writes for `answer` to `request` at `now`, in order;
-    /// returns the answer's status.
+    /// returns the answer's status, and the body still to be sent when it is streamed (a
+    /// HEAD request's never is). A fault writes nothing.
     pub fn answer_bytes(
         &self,
-        answer: Answer,
+        answer: &Answer,
         request: &Shape,
         now: Instant,
         mut push: impl FnMut(Bytes),
-    ) -> u16 {
-        match answer {
+    ) -> (u16, Option<Body>) {
+        let status = match answer {
             Answer::Avatars => {
                 let mut avatars = self.avatars.borrow_mut();
                 let (wire, head_len) = match request.variant() {
@@ -190,7 +210,7 @@ impl Routes {
                 200
             }
             Answer::Injected(code) => {
-                let status = injected_status(code);
+                let status = injected_status(*code);
                 let body = super::act::injected_body(status);
                 push(error_answer(status, None, body.as_bytes(), request));
                 status.as_u16()
@@ -201,9 +221,109 @@ impl Routes {
                 push(error_answer(status, retry, OVERLOADED_BODY, request));
                 status.as_u16()
             }
+            Answer::Fault(_) => 0,
+            Answer::Streamed(plan) => return self.streamed(plan, request, now, push),
+        };
+        (status, None)
+    }
+
+    /// A streamed answer: its head now, as hyper writes it for the body `act_out` makes (a
+    /// `content-length` the route sets for `truncate` goes before hyper's `connection`
+    /// header, one hyper takes from the body's size after it), and the body to send.
+    fn streamed(
+        &self,
+        plan: &Plan,
+        request: &Shape,
+        now: Instant,
+        mut push: impl FnMut(Bytes),
+    ) -> (u16, Option<Body>) {
+        let truncate = plan.fault == Some(Fault::Truncate);
+        let (status, content, mut head) = match plan.status {
+            Some(code) => {
+                let status = injected_status(code);
+                let body = Bytes::from(super::act::injected_body(status));
+                let head = status_line(status, request);
+                (status, Content::from(body), head)
+            }
+            None => {
+                let content = match plan.count {
+                    Some(count) => self.list(count),
+                    None => Content::from(self.avatars.borrow_mut().at(now).body.clone()),
+                };
+                let mut head = status_line(StatusCode::OK, request);
+                let mut avatars = self.avatars.borrow_mut();
+                let snapshot = avatars.at(now);
+                // The avatars' headers as rendered, after their status line.
+                head.put_slice(&snapshot.wire[STATUS_LINE..snapshot.length_at]);
+                (StatusCode::OK, content, head)
+            }
+        };
+        if plan.status.is_some() {
+            head.put_slice(b"content-type: application/json\r\n");
         }
+        let length = content.len().to_string();
+        let connection = request.connection_header().unwrap_or_default();
+        let bodiless = matches!(status.as_u16(), 204 | 304);
+        if truncate {
+            put_length(&mut head, &length);
+            head.put_slice(connection);
+        } else {
+            head.put_slice(connection);
+            if !bodiless {
+                put_length(&mut head, &length);
+            }
+        }
+        if plan.status.is_some() {
+            put_date(&mut head);
+        }
+        head.put_slice(b"\r\n");
+        push(head.freeze());
+        if request.head_only || bodiless {
+            return (status.as_u16(), None);
+        }
+        let body = if truncate {
+            Body::truncated(content)
+        } else {
+            match plan.pace(content.len()) {
+                Some(over) => Body::paced(content, over.min(self.limits.max_delay)),
+                None => Body::whole(content),
+            }
+        };
+        (status.as_u16(), Some(body))
     }
 }
+
+/// `HTTP/1.x CODE REASON\r\n` in the request's version, hyper's `<none>` for a code it has
+/// no reason phrase for.
+fn status_line(status: StatusCode, request: &Shape) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(if request.http10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.put_slice(b"\r\n");
+    out
+}
+
+fn put_length(out: &mut BytesMut, length: &str) {
+    out.put_slice(b"content-length: ");
+    out.put_slice(length.as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// The `date` header hyper adds to an answer without one: IMF-fixdate, now.
+fn put_date(out: &mut BytesMut) {
+    out.put_slice(b"date: ");
+    out.put_slice(&time::imf_fixdate(time::now()));
+    out.put_slice(b"\r\n");
+}
+
+/// The `HTTP/1.1 200 OK\r\n` at the front of the rendered avatars.
+const STATUS_LINE: usize = 17;
 
 /// Whether a query names a control (or may, through a `%` escape in a key): only then is it
 /// parsed. A pair without `=` is skipped by the query's parser, as here.
@@ -254,16 +374,8 @@ pub(super) fn injected_status(code: u16) -> StatusCode {
 /// `content-length` and `date` (neither for 204 and 304, which have no body), then the body.
 fn error_answer(status: StatusCode, extra: Option<&[u8]>, body: &[u8], request: &Shape) -> Bytes {
     let bodiless = matches!(status.as_u16(), 204 | 304);
-    let mut out = BytesMut::with_capacity(160 + body.len());
-    out.put_slice(if request.http10 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
-    out.put_slice(b"\r\ncontent-type: application/json\r\n");
+    let mut out = status_line(status, request);
+    out.put_slice(b"content-type: application/json\r\n");
     if let Some(extra) = extra {
         out.put_slice(extra);
     }
@@ -271,13 +383,10 @@ fn error_answer(status: StatusCode, extra: Option<&[u8]>, body: &[u8], request: 
         out.put_slice(header);
     }
     if !bodiless {
-        out.put_slice(b"content-length: ");
-        out.put_slice(body.len().to_string().as_bytes());
-        out.put_slice(b"\r\n");
+        put_length(&mut out, &body.len().to_string());
     }
-    out.put_slice(b"date: ");
-    out.put_slice(&time::imf_fixdate(time::now()));
-    out.put_slice(b"\r\n\r\n");
+    put_date(&mut out);
+    out.put_slice(b"\r\n");
     if !request.head_only && !bodiless {
         out.put_slice(body);
     }

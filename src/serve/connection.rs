@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -296,12 +295,7 @@ fn abort<S: Stream>(
         .into_inner()
         .into_stream()
         .into_tcp();
-    if fault == Fault::Reset {
-        if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
-            tracing::warn!("cannot arm a reset: {err}");
-        }
-    }
-    drop(stream);
+    super::stream::fault_close(stream, fault);
 }
 
 /// The hyper service of one connection: answers from the worker's [`Routes`].

@@ -35,9 +35,11 @@ use tokio::time::{Instant, Sleep};
 use super::output::Output;
 pub use super::output::Prefixed;
 use super::stream::Stream;
+use crate::behaviour::Fault;
 use crate::ops::metrics::{CloseReason, MethodLabel, Route};
 use crate::routes::{GatewayWire, Head, Routes};
 pub use batch::Batch;
+use batch::Ended;
 
 mod batch;
 
@@ -166,18 +168,12 @@ pub async fn serve<P: Plain, S: Stream>(
     // request.
     let mut timer = std::pin::pin!(tokio::time::sleep(timeouts.idle));
     let mut timer_registered = false;
-    let mut timer_spent = false;
-    // When an answer written after its delay went out: the connection is idle from then.
-    let mut answered_late = None;
     loop {
         // Step 1: answer every complete request read (more than one when pipelined), up to
         // what one write may carry. The batch's clock read dates its answers (through the
         // avatar cache) and starts its duration.
         let start = Instant::now();
-        let mut batch = Batch {
-            answered_at: answered_late.take(),
-            ..Batch::default()
-        };
+        let mut batch = Batch::default();
         plain.answer(&mut conn, &mut batch, start).await;
         // Step 2: write the answers; a write that stops making progress ends the connection.
         match conn.flush(timer.as_mut()).await {
@@ -197,22 +193,16 @@ pub async fn serve<P: Plain, S: Stream>(
         }
         if let Some(waiting) = batch.waiting.take() {
             // The connection's own timer: no deadline of its runs while a request waits.
-            timer_spent = true;
-            if let Err(reason) = conn.wait_until(waiting.until, timer.as_mut()).await {
-                // The client went while its request waited: hyper drops such a request too.
-                return conn.closed(reason).await;
-            }
-            // Shutdown began during the wait: the answer says `connection: close`, as hyper's.
-            let closes = waiting.answer(conn.routes, &mut conn.output, *flag.borrow());
-            answered_late = Some(Instant::now());
-            if closes {
-                if let Err(reason) = conn.flush(timer.as_mut()).await {
-                    return conn.closed(reason).await;
-                }
-                return conn.closed(CloseReason::Client).await;
-            }
-            // Its answer goes out with the next batch's, in order.
             timer_registered = false;
+            // Boxed: the wait's state would add to every connection's task.
+            let answered = Box::pin(conn.answer_waiting(*waiting, timer.as_mut(), &flag));
+            match answered.await {
+                // Its answer went, or goes out with the next batch's, in order.
+                // The connection is idle from its answer on.
+                Ok(()) => conn.idle_since = Instant::now(),
+                Err(Ended::Closed(reason)) => return conn.closed(reason).await,
+                Err(Ended::Fault(fault)) => return conn.abort(fault),
+            }
             continue;
         }
         conn.settle(&batch, start);
@@ -230,7 +220,7 @@ pub async fn serve<P: Plain, S: Stream>(
         let deadline = conn.deadline();
         // After a request's delay the timer is at its end, not at a deadline of the
         // connection's: set it again at once rather than wake for nothing.
-        if timer.deadline() > deadline || std::mem::take(&mut timer_spent) {
+        if timer.deadline() > deadline || timer.is_elapsed() {
             timer.as_mut().reset(deadline);
             timer_registered = false;
         }
@@ -466,6 +456,12 @@ impl<S: Stream> Connection<'_, S> {
         } else {
             CloseReason::IdleTimeout
         }
+    }
+
+    /// Ends the connection with a socket fault (`reset` or `close`), writing nothing more.
+    fn abort(self, fault: Fault) -> Outcome<S> {
+        super::stream::fault_close(self.stream.into_tcp(), fault);
+        Outcome::Closed(CloseReason::Fault)
     }
 
     fn hand_over(self) -> Outcome<S> {

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::output::Output;
+use crate::behaviour::Fault;
 
 /// A TLS session over a TCP socket, as the server accepted it (boxed: rustls's state is
 /// kilobytes). Records rustls makes while it reads (an alert refusing a renegotiation, a key
@@ -152,3 +153,14 @@ impl Stream for TlsStream {
 
 /// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
 pub(super) const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// Closes `stream` for a socket fault: `reset` sends a TCP RST (`SO_LINGER` 0, then close),
+/// `close` a plain FIN.
+pub(super) fn fault_close(stream: TcpStream, fault: Fault) {
+    if fault == Fault::Reset {
+        if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            tracing::warn!("cannot arm a reset: {err}");
+        }
+    }
+    drop(stream);
+}

@@ -117,6 +117,12 @@ fn request() -> impl Strategy<Value = String> {
         2 => "[a-zA-Z0-9%=&._~;{}\"#+-]{0,16}".prop_map(|query| format!("/v1/avatar?{query}")),
         1 => (0u64..50).prop_map(|seed| format!("/v1/avatar?delay=uniform(0ms,3ms)&status=503:30&seed={seed}")),
         1 => Just("/v1/avatar?%73tatus=429".to_owned()),
+        1 => Just("/v1/avatar?drip=20ms".to_owned()),
+        1 => Just("/v1/avatar?count=25&drip=30ms".to_owned()),
+        1 => Just("/v1/avatar?status=503&drip=20ms".to_owned()),
+        1 => Just("/v1/avatar?rate=200000&count=30".to_owned()),
+        1 => Just("/v1/avatar?fault=reset".to_owned()),
+        1 => (0u64..50).prop_map(|seed| format!("/v1/avatar?fault=truncate:30,close:20&count=2&seed={seed}")),
     ];
     let version = prop_oneof![8 => Just("HTTP/1.1"), 2 => Just("HTTP/1.0"), 1 => Just("HTTP/2.0")];
     let header = prop_oneof![
@@ -128,6 +134,8 @@ fn request() -> impl Strategy<Value = String> {
         1 => Just("CONNECTION: KEEP-ALIVE".to_owned()),
         1 => Just("x-m2-behaviour: status=200".to_owned()),
         1 => Just("x-m2-behaviour: delay=2ms&status=502:50".to_owned()),
+        1 => Just("x-m2-behaviour: fault=hang:50&delay=1ms".to_owned()),
+        1 => Just("x-m2-behaviour: count=3&status=200".to_owned()),
         20 => header_fixed(),
     ];
     let body = prop_oneof![4 => Just(""), 1 => Just("abc"), 1 => Just("0\r\n\r\n")];

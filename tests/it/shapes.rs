@@ -74,8 +74,25 @@ fn every_shape_of_a_get_is_answered_without_hyper() {
         assert!(once.is_closed(), "{request:?}");
     }
     assert_eq!(server.metric(HANDOVERS, &[]), 0.0);
-    // What only hyper's path acts out still goes there.
-    ask(&mut client, "GET /v1/avatar?count=2 HTTP/1.1\r\n\r\n");
+    // Bodies streamed from the shared rendered bytes: a list, a paced body.
+    let list = ask(&mut client, "GET /v1/avatar?count=2 HTTP/1.1\r\n\r\n");
+    assert_eq!((list.status, list.body.len() < 3696), (200, true));
+    let started = Instant::now();
+    let dripped = ask(&mut client, "GET /v1/avatar?drip=200ms HTTP/1.1\r\n\r\n");
+    assert_eq!((dripped.status, dripped.body.len()), (200, 3696));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // A HEAD's truncated body is never sent: the connection goes on.
+    let head = ask(
+        &mut client,
+        "HEAD /v1/avatar?fault=truncate HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(head.header("content-length"), Some("3696"));
+    assert_eq!(server.metric(HANDOVERS, &[]), 0.0);
+    // `fail-first` is planned by hyper's path, which reads the attempt header.
+    ask(
+        &mut client,
+        "GET /v1/avatar?status=503&fail-first=1 HTTP/1.1\r\n\r\n",
+    );
     assert_eq!(server.metric(HANDOVERS, &[]), 1.0);
 }
 

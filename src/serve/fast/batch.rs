@@ -12,6 +12,11 @@ use tokio::time::{Instant, Sleep};
 use super::{Connection, MAX_KEPT, READ_SCRATCH};
 use crate::serve::stream::Stream;
 
+use hyper::body::Body as _;
+use tokio::sync::watch;
+
+use crate::behaviour::Fault;
+use crate::behaviour::body::Body;
 use crate::ops::metrics::{CloseReason, MethodLabel, Route};
 use crate::routes::{Answer, Connection as Asked, Decision, Head, Held, Routes, Shape};
 use crate::serve::output::Output;
@@ -46,10 +51,11 @@ pub(super) struct Waiting {
 }
 
 impl Waiting {
-    /// Its answer, into `output`, now that the delay is over; records it, and says whether
-    /// the connection ends after it: when the request asked, or when shutdown has begun
-    /// (`stopping`: an HTTP/1.1 answer then says `connection: close`, as hyper's does).
-    pub(super) fn answer(self, routes: &Routes, output: &mut Output, stopping: bool) -> bool {
+    /// Its answer, into `output`, now that the delay is over; records it. Returns the body
+    /// still to stream, if any, and whether the connection ends after it: when the request
+    /// asked, or when shutdown has begun (`stopping`: an HTTP/1.1 answer then says
+    /// `connection: close`, as hyper's does).
+    fn answer(self, routes: &Routes, output: &mut Output, stopping: bool) -> (Option<Body>, bool) {
         let now = Instant::now();
         let mut request = self.request;
         if stopping {
@@ -59,13 +65,116 @@ impl Waiting {
                 Asked::Close
             };
         }
-        let status = routes.answer_bytes(self.answer, &request, now.into_std(), |bytes| {
+        let (status, body) = routes.answer_bytes(&self.answer, &request, now.into_std(), |bytes| {
             output.push(bytes)
         });
-        // Out of flight once answered, as on hyper's path.
+        // Out of flight once answered (its body may still be on its way), as on hyper's path.
         drop(self.held);
         record_one(routes, &request, status, now - self.since);
-        request.closes()
+        (body, request.closes())
+    }
+}
+
+/// How a connection ends while it answers a waiting request.
+pub(super) enum Ended {
+    /// Closed, and why.
+    Closed(CloseReason),
+    /// By a socket fault: `reset` or `close`.
+    Fault(Fault),
+}
+
+impl<S: Stream> Connection<'_, S> {
+    /// Answers a request that waited out its delay (or acts out its fault, or streams its
+    /// body), as hyper's path would: on `timer`, which holds none of the connection's own
+    /// deadlines meanwhile. `stop` says whether shutdown has begun.
+    pub(super) async fn answer_waiting(
+        &mut self,
+        waiting: Waiting,
+        mut timer: Pin<&mut Sleep>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), Ended> {
+        if waiting.until > Instant::now() {
+            // The client going while its request waits: hyper drops such a request too.
+            let waited = self.wait_until(waiting.until, timer.as_mut()).await;
+            waited.map_err(Ended::Closed)?;
+        }
+        let routes = self.routes;
+        if let Answer::Streamed(plan) = &waiting.answer {
+            if plan.fault == Some(Fault::Truncate) {
+                routes.fault_injected(Fault::Truncate);
+            }
+        }
+        if let Answer::Fault(fault) = waiting.answer {
+            routes.fault_injected(fault);
+            if fault == Fault::Hang {
+                let until = Instant::now() + routes.max_hang();
+                let hung = self.wait_until(until, timer.as_mut()).await;
+                hung.map_err(Ended::Closed)?;
+            }
+            drop(waiting.held);
+            let fault = if fault == Fault::Hang {
+                Fault::Close
+            } else {
+                fault
+            };
+            return Err(Ended::Fault(fault));
+        }
+        let (body, closes) = waiting.answer(routes, &mut self.output, *stop.borrow());
+        if let Some(body) = body {
+            self.flush(timer.as_mut()).await.map_err(Ended::Closed)?;
+            self.stream_body(body, timer.as_mut())
+                .await
+                .map_err(Ended::Closed)?;
+        }
+        if closes {
+            self.flush(timer).await.map_err(Ended::Closed)?;
+            return Err(Ended::Closed(CloseReason::Client));
+        }
+        Ok(())
+    }
+
+    /// Sends a streamed body (`count`, paced, truncated) frame by frame, each written before
+    /// the connection waits for the next; a truncated body ends the connection.
+    async fn stream_body(
+        &mut self,
+        mut body: Body,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Result<(), CloseReason> {
+        enum Step {
+            Write,
+            Done,
+            Cut,
+        }
+        loop {
+            let output = &mut self.output;
+            let step = std::future::poll_fn(|cx| {
+                loop {
+                    match Pin::new(&mut body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let Ok(data) = frame.into_data() {
+                                output.push(data);
+                            }
+                            if output.is_full() {
+                                return Poll::Ready(Step::Write);
+                            }
+                        }
+                        Poll::Ready(None) => return Poll::Ready(Step::Done),
+                        Poll::Ready(Some(Err(_))) => return Poll::Ready(Step::Cut),
+                        // What it has goes out before the body's next pause.
+                        Poll::Pending if !output.is_empty() => return Poll::Ready(Step::Write),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            })
+            .await;
+            self.flush(timer.as_mut()).await?;
+            match step {
+                Step::Write => {}
+                Step::Done => return Ok(()),
+                // Hyper ends the connection on a body's error, short of its length.
+                Step::Cut => return Err(CloseReason::Error),
+            }
+        }
     }
 }
 
@@ -205,8 +314,8 @@ impl Batch {
         now: Instant,
         output: &mut Output,
     ) {
-        let status =
-            routes.answer_bytes(answer, request, now.into_std(), |bytes| output.push(bytes));
+        let (status, _) =
+            routes.answer_bytes(&answer, request, now.into_std(), |bytes| output.push(bytes));
         if answer == Answer::Avatars {
             self.answered[usize::from(request.head_only)] += 1;
         } else {
