@@ -1180,6 +1180,123 @@ def tls_report(report: dict, title: str = "", note: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Every request shape (bench/run --shapes)
+
+# (shape, what it is, wrk flags, wrk/shape.lua's shape, microservice2's flags, the peer it is
+# compared with in the same run: nginx for shapes nginx serves alike, else microservice2 with
+# no flags under the plain load of the same wrk flags).
+SHAPES = [
+    ("plain", "plain GET, keep-alive", "-t2 -c100", "plain", [], "nginx"),
+    ("cache-buster", "`?cb=<n>` on every request", "-t2 -c100", "cache-buster", [], "nginx"),
+    ("noop-header", "`x-m2-behaviour: status=200`", "-t2 -c100", "noop-header", [], "plain"),
+    ("status=503:1", "server started with `--behaviour 'status=503:1'`", "-t2 -c100",
+     "plain", ["--behaviour", "status=503:1"], "plain"),
+    ("lognormal", "`--behaviour 'delay=lognormal(1ms,5ms)'`, -c200", "-t2 -c200", "plain",
+     ["--behaviour", "delay=lognormal(1ms,5ms)"], "plain"),
+    ("max-inflight", "`--max-inflight 10000`", "-t2 -c100", "plain",
+     ["--max-inflight", "10000"], "plain"),
+    ("http10", "HTTP/1.0 with `Connection: keep-alive`", "-t2 -c100", "http10", [], "nginx"),
+    ("close", "`Connection: close` on every request", "-t2 -c50", "close", [], "nginx"),
+]
+
+
+def shapes_main(opts) -> int:
+    """Each shape's instructions per request under callgrind and, in the same run, its wrk
+    figures against a peer (nginx, or microservice2's plain load), alternating rounds."""
+    script = str(ROOT / "wrk" / "shape.lua")
+    duration = "-d8s"
+    report: dict = {"mode": opts.mode, "machine": machine(), "command": opts.command,
+                    "shapes": {}}
+    for shape, what, flags, lua, m2_args, peer in SHAPES:
+        wrk_args = [*shlex.split(flags), duration, "--timeout", "10s"]
+        ours = Variant("microservice2", "m2", list(m2_args))
+        theirs = Variant("nginx", "nginx", []) if peer == "nginx" else Variant(
+            "microservice2 plain", "m2", [])
+        peer_lua = lua if peer == "nginx" else "plain"
+        rounds: dict[str, list[dict]] = {"ours": [], "peer": []}
+        try:
+            for variant in (ours, theirs):
+                variant.start(opts.workers)
+                run_wrk(variant.url, ["-t1", "-c50", "-d1s"], script, [peer_lua])
+            for index in range(opts.rounds):
+                for key, variant, arg in (("ours", ours, lua), ("peer", theirs, peer_lua)):
+                    result = measured(variant, lambda v=variant, a=arg: run_wrk(
+                        v.url, wrk_args, script, [a]))
+                    rounds[key].append(result)
+                print(f"{shape:>14} round {index + 1}/{opts.rounds}: "
+                      f"{rounds['ours'][-1]['requests_per_s']:>9,.0f} req/s against "
+                      f"{rounds['peer'][-1]['requests_per_s']:>9,.0f}", flush=True)
+        finally:
+            for variant in (ours, theirs):
+                variant.stop()
+        instructions = None
+        if opts.callgrind:
+            # Under callgrind a delayed load is slow: fewer requests, still thousands.
+            wanted = opts.callgrind if shape not in ("lognormal", "close") else opts.callgrind // 4
+            print(f"{shape:>14} callgrind...", flush=True)
+            instructions = instructions_per_request(
+                RELEASE_BIN, wanted, serve_args=list(m2_args), shape=lua)
+        report["shapes"][shape] = {
+            "what": what, "wrk": ["wrk", *wrk_args, "-s", "wrk/shape.lua", "--", lua],
+            "flags": m2_args, "peer": theirs.name, "rounds": rounds,
+            "ours": medians(rounds["ours"]), "theirs": medians(rounds["peer"]),
+            "callgrind": instructions,
+        }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{opts.mode}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plain = (report["shapes"].get("plain", {}).get("callgrind") or {}).get(
+        "instructions_per_request")
+    rows = ["| shape | instructions/request | vs plain | req/s | CPU µs/req | p99 ms | "
+            "compared with | its req/s | its CPU µs/req | its p99 ms | req/s ratio | "
+            "CPU/req ratio | p99 ratio |", "|---|" + "---|" * 12]
+    for shape, data in report["shapes"].items():
+        ours, theirs = data["ours"], data["theirs"]
+        cg = (data["callgrind"] or {}).get("instructions_per_request")
+        cells = [
+            data["what"],
+            f"{cg:,.0f}" if cg else "–",
+            f"{cg / plain:.2f}x" if cg and plain else "–",
+            f"{ours['requests_per_s']:,.0f}", f"{ours['cpu_us_per_request']:.2f}",
+            f"{ours['latency_p99_ms']:.2f}",
+            data["peer"],
+            f"{theirs['requests_per_s']:,.0f}", f"{theirs['cpu_us_per_request']:.2f}",
+            f"{theirs['latency_p99_ms']:.2f}",
+            f"{ours['requests_per_s'] / theirs['requests_per_s']:.2f}x",
+            f"{ours['cpu_us_per_request'] / theirs['cpu_us_per_request']:.2f}x",
+            f"{ours['latency_p99_ms'] / theirs['latency_p99_ms']:.2f}x",
+        ]
+        errors = ours.get("socket_errors", 0) + theirs.get("socket_errors", 0)
+        if errors:
+            cells[0] += f" ({errors:.0f} socket errors)"
+        rows.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(rows)
+    print()
+    print(text)
+    lines = [
+        f"## {opts.title or opts.mode}",
+        "",
+        *([opts.note, ""] if opts.note else []),
+        f"Machine: {report['machine']['cores']} cores, {report['machine']['cpu_model']}, "
+        f"kernel {report['machine']['kernel']}; {report['machine']['date']}.",
+        "",
+        f"Command: `{opts.command}` — per shape, wrk `{duration}` with `wrk/shape.lua`, "
+        f"{opts.rounds} alternating rounds against the peer in the same run, medians; "
+        f"servers with {opts.workers} workers. Instructions: callgrind, one worker, wrk -t1 "
+        f"-c10 with the same shape, start-up and shutdown subtracted. Peers: nginx serving the "
+        f"same file where nginx serves the shape alike, else microservice2 without flags "
+        f"under the plain load of the same wrk flags. Non-2xx answers are the injected ones. "
+        f"Figures in `bench/results/{opts.mode}.json`.",
+        "",
+        text,
+        "",
+    ]
+    replace_section(opts.mode, "\n".join(lines))
+    print(f"\nwrote {RESULTS_DIR / (opts.mode + '.json')} and a '{opts.mode}' section of "
+          f"{RESULTS_MD}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -1204,7 +1321,11 @@ def main() -> int:
     parser.add_argument("--tls", action="store_true",
                         help="serve HTTPS with a certificate made for the run and drive two "
                         "loads, keep-alive and a new connection per request")
+    parser.add_argument("--shapes", action="store_true",
+                        help="every request shape against a peer, and its instructions")
     opts = parser.parse_args()
+    if opts.shapes:
+        return shapes_main(opts)
 
     specs = opts.variant or ["microservice2=m2", "nginx=nginx"]
     variants = [Variant.parse(s) for s in specs]

@@ -6,11 +6,12 @@
 //! `tests/it/structure.rs` holds this), so each can be read knowing only what is under it:
 //!
 //! - [`serve`]: per-core runtimes, `SO_REUSEPORT` listeners, the accept loop and graceful
-//!   shutdown; each connection on the fast path (`serve/fast.rs`, plain requests answered from
-//!   shared pre-rendered bytes) until a request needs hyper (`serve/connection.rs`).
-//! - [`routes`]: the URL space and dispatch: which requests the fast path may answer, and the
-//!   answer to every other (health, readiness, metrics, behaviour acted out, the gateway's
-//!   path).
+//!   shutdown; each connection on the fast path (`serve/fast.rs`: every GET/HEAD of the main
+//!   path answered from shared pre-rendered bytes, its behaviour acted out there) until a
+//!   request needs hyper (`serve/connection.rs`).
+//! - [`routes`]: the URL space and dispatch: which requests the fast path may answer and how
+//!   it plans them (`routes/shaped.rs`), and the answer to every other (health, readiness,
+//!   metrics, behaviour acted out, the gateway's path).
 //! - [`ops`]: per-worker metrics and their Prometheus exposition, the process collector, and
 //!   `microservice2 healthcheck`.
 //! - [`gateway`]: upstream calls with a deadline, retries and fan-out, through hyper-util's

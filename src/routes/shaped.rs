@@ -2,8 +2,10 @@
 //! shape: a query, the behaviour header, a server-wide profile or scenario phase, load
 //! shedding, HTTP/1.0, `connection: close` or `keep-alive`. Their plan is drawn here exactly
 //! as hyper's path draws it (the same controls in the same order, the same generator), and
-//! their answers are the bytes hyper writes for them. What only hyper's path acts out (socket
-//! faults, `count`, paced bodies, `fail-first`) is left to it before anything is drawn.
+//! their answers are the bytes hyper writes for them: the avatars, an injected status, the
+//! load-shedding 503, a socket fault, or the head of a body to stream (`count`, `drip`,
+//! `rate`, `fault=truncate`). `fail-first` (which reads the attempt header) is left to hyper's
+//! path before anything is drawn.
 
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,8 @@ pub enum Decision {
     Hyper,
 }
 
-/// A request counted in flight (for `--max-inflight` and `linear(…)` delays) while it lives.
+/// A request counted in flight (for `--max-inflight` and `linear(…)` delays) while it lives:
+/// the guard is only ever dropped.
 #[derive(Debug)]
 pub struct Held(#[allow(dead_code)] Option<InflightGuard>);
 

@@ -1,11 +1,15 @@
-//! The fast path: a connection starts here, and every request of the one shape this service
-//! exists for — `GET` or `HEAD` of the main path, HTTP/1.1, no body, no connection management
-//! headers, as [`Routes::classify`] says — is answered by writing bytes exactly as hyper would:
-//! the pre-rendered [`Snapshot`] in serve mode ([`Avatars`]), the upstream's answer in gateway
-//! mode ([`Calls`]). The first request of any other shape hands the connection (with the
-//! bytes already read) to hyper for the rest of its life, so hyper keeps every protocol
-//! decision outside the hot path. The connection's loop is a state type with named steps:
-//! took (a read), answer, flush (or write_stalled), record, settle (its deadlines), hand over.
+//! The fast path: a connection starts here, and every `GET` or `HEAD` of the main path with
+//! no body and no protocol switch, as [`Routes::classify`] says, is answered by writing bytes
+//! exactly as hyper would. In serve mode ([`Avatars`], `fast/batch.rs`) the plain shape gets
+//! the pre-rendered [`Snapshot`]; every other shape (a query, the behaviour header, a profile,
+//! load shedding, HTTP/1.0, `connection: close`) is planned by [`Routes::decide`] and answered
+//! here too: at once, after a delay on the connection's timer, with a socket fault, or with a
+//! body streamed frame by frame. In gateway mode ([`Calls`]) the plain shape gets the
+//! upstream's answer. The first request the fast path does not take hands the connection
+//! (with the bytes already read) to hyper for the rest of its life, so hyper keeps every
+//! other protocol decision. The connection's loop is a state type with named steps: took (a
+//! read), answer, flush (or write_stalled), record, follow a waiting request, settle (its
+//! deadlines), hand over.
 //!
 //! Why: under callgrind, hyper spends about 7,100 user-space instructions on one keep-alive
 //! avatar request (request parsing ~1,600, response encoding ~1,150, dispatch and flushing);
