@@ -60,8 +60,14 @@ pub enum Delay {
     Normal { mean: Duration, sd: Duration },
     /// `exp(20ms)`: exponential with this mean.
     Exp { mean: Duration },
-    /// `lognormal(20ms,200ms)`: median and 99th percentile.
-    LogNormal { median: Duration, p99: Duration },
+    /// `lognormal(20ms,200ms)`: median and 99th percentile, and the log-space location and
+    /// scale they make, worked out once ([`Delay::lognormal`]) rather than at every draw.
+    LogNormal {
+        median: Duration,
+        p99: Duration,
+        mu: f64,
+        sigma: f64,
+    },
     /// `linear(1ms,100us)`: base plus this much per request in flight.
     Linear {
         base: Duration,
@@ -242,10 +248,7 @@ mod tests {
             ("delay=exp(20ms)", Delay::Exp { mean: ms(20) }),
             (
                 "delay=lognormal(20ms,200ms)",
-                Delay::LogNormal {
-                    median: ms(20),
-                    p99: ms(200),
-                },
+                Delay::lognormal(ms(20), ms(200)),
             ),
             (
                 "delay=linear(1ms,100us)",

@@ -53,6 +53,18 @@ fn seconds(value: f64) -> Duration {
 }
 
 impl Delay {
+    /// `lognormal(median,p99)`: its location and scale in log space, from the two quantiles.
+    pub fn lognormal(median: Duration, p99: Duration) -> Delay {
+        let mu = libm::log(median.as_secs_f64());
+        let sigma = (libm::log(p99.as_secs_f64()) - mu) / Z_99;
+        Delay::LogNormal {
+            median,
+            p99,
+            mu,
+            sigma,
+        }
+    }
+
     /// One delay; `inflight` is the number of requests in flight (for `linear`).
     pub fn sample(&self, rng: &mut Rng, inflight: usize) -> Duration {
         match self {
@@ -65,9 +77,7 @@ impl Delay {
                 seconds(mean.as_secs_f64() + sd.as_secs_f64() * rng.next_normal())
             }
             Delay::Exp { mean } => seconds(-mean.as_secs_f64() * libm::log(1.0 - rng.next_f64())),
-            Delay::LogNormal { median, p99 } => {
-                let mu = libm::log(median.as_secs_f64());
-                let sigma = (libm::log(p99.as_secs_f64()) - mu) / Z_99;
+            Delay::LogNormal { mu, sigma, .. } => {
                 seconds(libm::exp(mu + sigma * rng.next_normal()))
             }
             Delay::Linear { base, per_inflight } => {
@@ -183,13 +193,7 @@ mod tests {
 
     #[test]
     fn lognormal_has_the_given_median_and_p99() {
-        let values = draws(
-            &Delay::LogNormal {
-                median: ms(20.0),
-                p99: ms(200.0),
-            },
-            5,
-        );
+        let values = draws(&Delay::lognormal(ms(20.0), ms(200.0)), 5);
         assert!(
             close(quantile(&values, 0.5), 20.0, 0.04),
             "{}",

@@ -120,7 +120,7 @@ pub(super) fn parse_delay(text: &str, limits: &Limits) -> Result<Delay, Behaviou
                         "lognormal(median,p99) with 0 < median <= p99",
                     ));
                 }
-                Ok(Delay::LogNormal { median, p99 })
+                Ok(Delay::lognormal(median, p99))
             }
             "linear" => {
                 let (base, per_inflight) = two("linear(base,per request in flight)")?;

@@ -202,8 +202,14 @@ pub async fn serve<P: Plain, S: Stream>(
             let answered = Box::pin(conn.answer_waiting(*waiting, timer.as_mut(), &flag));
             match answered.await {
                 // Its answer went, or goes out with the next batch's, in order.
-                // The connection is idle from its answer on.
-                Ok(()) => conn.idle_since = Instant::now(),
+                Ok(()) => {
+                    // Idle from its answer on; a head already begun (bytes that came during
+                    // the wait) gets the whole header timeout from now, as hyper's next head
+                    // does once the answer before it is written.
+                    let now = Instant::now();
+                    conn.idle_since = now;
+                    conn.head_since = (!conn.buf.is_empty()).then_some(now);
+                }
                 Err(Ended::Closed(reason)) => return conn.closed(reason).await,
                 Err(Ended::Fault(fault)) => return conn.abort(fault),
             }

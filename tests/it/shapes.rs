@@ -213,3 +213,31 @@ fn a_client_gone_during_a_delay_is_neither_answered_nor_counted() {
         0.0
     );
 }
+
+#[test]
+fn a_delayed_request_leaves_the_next_head_its_whole_header_timeout() {
+    // Each write ends one head and starts the next, as a client splitting its writes does:
+    // every head is complete within milliseconds, so the connection must never be cut.
+    let server = spawn(config(&["--workers", "1", "--header-timeout", "500ms"]));
+    let mut client = server.connect();
+    let head = "GET /v1/avatar?delay=1ms HTTP/1.1\r\nHost: t\r\n\r\n";
+    let (first, rest) = head.split_at(10);
+    client.send(first.as_bytes());
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        client.send(format!("{rest}{first}").as_bytes());
+        assert_eq!(
+            client.read_response(false).status,
+            200,
+            "after {answered} answers"
+        );
+        answered += 1;
+    }
+    assert!(answered > 10, "{answered}");
+    let cut = [("reason", "header_timeout")];
+    assert_eq!(
+        server.metric("microservice2_connections_closed_total", &cut),
+        0.0
+    );
+}
