@@ -1107,14 +1107,8 @@ def tls_report(report: dict, title: str = "", note: str = "") -> None:
             f"{probe['signature']} | {probe['alpn']} | {tls_verified(probe)} | "
             f"{probe['tickets']} | {'yes' if probe['resumed'] else 'no'} |"
         )
-    machine_ = report["machine"]
     lines = [
-        f"## {title or mode}",
-        "",
-        *([note, ""] if note else []),
-        f"Machine: {machine_['cores']} cores, {machine_['cpu_model']}, "
-        f"kernel {machine_['kernel']}; {machine_['date']}.",
-        "",
+        *section_head(title or mode, note, report["machine"]),
         f"Command: `{report['command']}` — {report['rounds_per_server']} alternating rounds "
         f"per server and load, medians (errors summed); servers with {report['workers']} "
         f"workers, all serving one "
@@ -1177,6 +1171,18 @@ def tls_report(report: dict, title: str = "", note: str = "") -> None:
         lines += [*provider, ""]
     replace_section(mode, "\n".join(lines))
     print(f"\nwrote {RESULTS_DIR / (mode + '.json')} and a '{mode}' section of {RESULTS_MD}")
+
+
+def section_head(title: str, note: str, machine: dict) -> list[str]:
+    """A RESULTS.md section's title, the run's note, and the machine, as lines."""
+    return [
+        f"## {title}",
+        "",
+        *([note, ""] if note else []),
+        f"Machine: {machine['cores']} cores, {machine['cpu_model']}, "
+        f"kernel {machine['kernel']}; {machine['date']}.",
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1273,12 +1279,7 @@ def shapes_main(opts) -> int:
     print()
     print(text)
     lines = [
-        f"## {opts.title or opts.mode}",
-        "",
-        *([opts.note, ""] if opts.note else []),
-        f"Machine: {report['machine']['cores']} cores, {report['machine']['cpu_model']}, "
-        f"kernel {report['machine']['kernel']}; {report['machine']['date']}.",
-        "",
+        *section_head(opts.title or opts.mode, opts.note, report["machine"]),
         f"Command: `{opts.command}` — per shape, wrk `{duration}` with `wrk/shape.lua`, "
         f"{opts.rounds} alternating rounds against the peer in the same run, medians; "
         f"servers with {opts.workers} workers. Instructions: callgrind, one worker, wrk -t1 "
@@ -1418,12 +1419,7 @@ def main() -> int:
     print()
     print(text)
     lines = [
-        f"## {opts.title or opts.mode}",
-        "",
-        *( [opts.note, ""] if opts.note else [] ),
-        f"Machine: {report['machine']['cores']} cores, {report['machine']['cpu_model']}, "
-        f"kernel {report['machine']['kernel']}; {report['machine']['date']}.",
-        "",
+        *section_head(opts.title or opts.mode, opts.note, report["machine"]),
         f"Command: `{opts.command}` — load `{' '.join(report['load'])}`, "
         f"{opts.rounds} alternating rounds per server, medians (errors summed); "
         f"servers with {opts.workers} workers; figures in `bench/results/{opts.mode}.json`.",

@@ -39,11 +39,7 @@ impl Routes {
         faults: &Rc<FaultSignal>,
         forward: Option<Forward>,
     ) -> Reply {
-        let inflight = self.shared.inflight.load(Ordering::Relaxed);
-        let mut plan = match controls.seed {
-            Some(seed) => controls.plan(&mut Rng::new(seed), inflight, &self.limits),
-            None => controls.plan(&mut self.rng.borrow_mut(), inflight, &self.limits),
-        };
+        let mut plan = self.draw(controls);
         if let (Some(times), Some(id)) = (controls.fail_first, attempt) {
             self.shared
                 .attempts
@@ -89,14 +85,31 @@ impl Routes {
         if let Some(query) = request.uri().query() {
             controls.merge(Controls::parse(query, &self.limits, Unknown::Ignore)?);
         }
-        if controls.rate.is_some() {
-            let longest = match controls.count {
-                Some(count) => self.list_template(count).len(),
-                None => avatar::TEMPLATE.len(),
-            };
-            controls.check_rate(longest, &self.limits)?;
-        }
+        self.check_rate(&controls)?;
         Ok(controls)
+    }
+
+    /// Refuses a `rate` at which the longest body `controls` can ask for would outlast
+    /// `--max-delay`.
+    pub(super) fn check_rate(&self, controls: &Controls) -> Result<(), BehaviourError> {
+        if controls.rate.is_none() {
+            return Ok(());
+        }
+        let longest = match controls.count {
+            Some(count) => self.list_template(count).len(),
+            None => avatar::TEMPLATE.len(),
+        };
+        controls.check_rate(longest, &self.limits)
+    }
+
+    /// Draws a request's plan from `controls`: with their own seed's generator, or the
+    /// worker's; `linear` delays see the requests in flight now (this one counted).
+    pub(super) fn draw(&self, controls: &Controls) -> Plan {
+        let inflight = self.shared.inflight.load(Ordering::Relaxed);
+        match controls.seed {
+            Some(seed) => controls.plan(&mut Rng::new(seed), inflight, &self.limits),
+            None => controls.plan(&mut self.rng.borrow_mut(), inflight, &self.limits),
+        }
     }
 
     /// Carries out a plan: wait, then fault or answer: an injected status, else the upstream's

@@ -17,7 +17,7 @@ use super::classify::Shape;
 use super::{OVERLOADED_BODY, Routes};
 use crate::behaviour::body::{Body, Content};
 use crate::behaviour::parse::{KEYS, Unknown};
-use crate::behaviour::{Controls, Fault, Limits, Plan, Rng};
+use crate::behaviour::{Controls, Fault, Limits, Plan};
 use crate::time;
 
 /// What answers a request on the fast path.
@@ -141,14 +141,9 @@ impl Routes {
         if controls.fail_first.is_some() {
             return Decision::Hyper;
         }
-        if controls.rate.is_some() {
-            let longest = match controls.count {
-                Some(count) => self.list_template(count).len(),
-                None => crate::avatar::TEMPLATE.len(),
-            };
-            if controls.check_rate(longest, &self.limits).is_err() {
-                return Decision::Hyper;
-            }
+        // Hyper's path answers it 400, naming the problem.
+        if self.check_rate(controls).is_err() {
+            return Decision::Hyper;
         }
         let guard = match self.admit(controls, false) {
             Admission::Admitted(guard) => guard,
@@ -157,14 +152,7 @@ impl Routes {
         if empty {
             return Decision::Now(Answer::Avatars);
         }
-        let inflight = self
-            .shared
-            .inflight
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let plan = match controls.seed {
-            Some(seed) => controls.plan(&mut Rng::new(seed), inflight, &self.limits),
-            None => controls.plan(&mut self.rng.borrow_mut(), inflight, &self.limits),
-        };
+        let plan = self.draw(controls);
         let streamed = plan.fault == Some(Fault::Truncate)
             || plan.count.is_some()
             || plan.drip.is_some()
