@@ -45,6 +45,8 @@ pub struct Snapshot {
     /// Where the `date` value is in `wire`.
     date: Range<usize>,
     location: HeaderValue,
+    /// The wall clock's second it was rendered for.
+    second: u64,
 }
 
 impl Snapshot {
@@ -67,6 +69,32 @@ impl Snapshot {
     /// The bytes of a HEAD answer: the status line and headers only.
     pub fn head(&self) -> Bytes {
         self.wire.slice(..self.head_len)
+    }
+
+    /// Dates the snapshot `now` in its own buffer, as [`render`] would write it, when no
+    /// answer still holds the buffer; else leaves it as it was and says so. Within the
+    /// second it was rendered for, only the digits under the second change.
+    fn redate(&mut self, form: DateHeader, now: Duration) -> bool {
+        // The snapshot's own shares of the buffer: the body, and hyper's `date` value.
+        self.body = Bytes::new();
+        self.headers = OnceCell::new();
+        let mut wire = match std::mem::take(&mut self.wire).try_into_mut() {
+            Ok(wire) => wire,
+            Err(wire) => {
+                self.body = wire.slice(self.head_len..);
+                self.wire = wire;
+                return false;
+            }
+        };
+        let whole = now.as_secs() != self.second;
+        time::redate(form, now, &mut wire[self.date.clone()], whole);
+        let created_at = self.head_len + CREATED_AT_OFFSET;
+        let created_at = &mut wire[created_at..created_at + time::CREATED_AT_LEN];
+        time::redate_created_at(now, created_at, whole);
+        self.second = now.as_secs();
+        self.wire = wire.freeze();
+        self.body = self.wire.slice(self.head_len..);
+        true
     }
 }
 
@@ -160,11 +188,15 @@ impl AvatarCache {
         (wire.clone(), current.head_len + header.len())
     }
 
+    /// Renders the snapshot for the wall clock's millisecond now: in place, as a rule,
+    /// since the answers written from the last one are gone by then.
     #[cold]
     fn refresh(&mut self, now: Instant) {
         let wall = time::now();
         self.variants = [None, None, None];
-        self.current = render(self.date_header, &self.location, wall);
+        if !self.current.redate(self.date_header, wall) {
+            self.current = render(self.date_header, &self.location, wall);
+        }
         self.valid_until = millisecond_end(now, wall);
     }
 }
@@ -194,9 +226,7 @@ pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) ->
     let date_end = wire.len();
     wire.put_slice(b"\r\n");
     let length_at = wire.len();
-    wire.put_slice(b"content-length: ");
-    wire.put_slice(TEMPLATE.len().to_string().as_bytes());
-    wire.put_slice(b"\r\n\r\n");
+    wire.put_slice(b"content-length: 3696\r\n\r\n");
     let head_len = wire.len();
     wire.put_slice(TEMPLATE);
     let created_at_start = head_len + CREATED_AT_OFFSET;
@@ -210,6 +240,7 @@ pub fn render(date_header: DateHeader, location: &HeaderValue, now: Duration) ->
         headers: OnceCell::new(),
         date: date_start..date_end,
         location: location.clone(),
+        second: now.as_secs(),
         wire,
     }
 }
@@ -394,6 +425,53 @@ mod tests {
         );
         let next = cache.at(start + Duration::from_millis(3));
         assert_ne!(first.wire.as_ptr(), next.wire.as_ptr());
+    }
+
+    #[test]
+    fn a_snapshot_dated_again_in_place_is_the_one_rendered_afresh() {
+        let start = Duration::new(1_798_761_598, 999_999_999);
+        // Within a second, across one, across a day and a year, and back in time.
+        let steps = [
+            1,
+            1_000_000,
+            7_654_321,
+            1_000_000_000,
+            86_399_000_000_000,
+            3,
+        ];
+        for form in [DateHeader::Rfc3339, DateHeader::Http] {
+            let mut snapshot = render(form, &LOCATION_VALUE, start);
+            let mut wall = start;
+            for (index, step) in steps.iter().enumerate() {
+                wall = if index == steps.len() - 1 {
+                    wall - Duration::from_nanos(*step)
+                } else {
+                    wall + Duration::from_nanos(*step)
+                };
+                let before = snapshot.wire.as_ptr();
+                assert!(snapshot.redate(form, wall), "no answer holds the buffer");
+                assert_eq!(snapshot.wire.as_ptr(), before, "the same buffer");
+                let fresh = render(form, &LOCATION_VALUE, wall);
+                assert_eq!(snapshot.wire, fresh.wire, "{form:?} at {wall:?}");
+                assert_eq!(snapshot.body, fresh.body);
+                assert_eq!(snapshot.headers(), fresh.headers());
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_an_answer_still_holds_is_rendered_in_a_new_buffer() {
+        let mut cache = AvatarCache::new(DateHeader::Rfc3339, LOCATION_VALUE);
+        let start = Instant::now() + Duration::from_secs(1);
+        let held = cache.at(start).wire.clone();
+        let copy = held.to_vec();
+        let next = cache.at(start + Duration::from_millis(2)).wire.clone();
+        assert_ne!(held.as_ptr(), next.as_ptr());
+        assert_eq!(held, copy, "an answer's bytes never change under it");
+        drop((held, next));
+        let before = cache.at(start + Duration::from_millis(2)).wire.as_ptr();
+        let after = cache.at(start + Duration::from_millis(4)).wire.as_ptr();
+        assert_eq!(before, after, "nobody held it: dated in place");
     }
 
     #[test]

@@ -164,6 +164,30 @@ pub fn put_date(form: DateHeader, since_epoch: Duration, out: &mut impl BufMut) 
     }
 }
 
+/// Rewrites `out`, a `date` value [`put_date`] wrote in the `form` for an instant, as it
+/// writes it for `since_epoch`; only the digits under the second unless `whole` (the
+/// instants' seconds differ).
+pub fn redate(form: DateHeader, since_epoch: Duration, out: &mut [u8], whole: bool) {
+    match (form, whole) {
+        (DateHeader::Rfc3339, false) => {
+            write_digits(&mut out[20..29], since_epoch.subsec_nanos().into());
+        }
+        (DateHeader::Rfc3339, true) => out.copy_from_slice(&rfc3339_nanos(since_epoch)),
+        (DateHeader::Http, false) => {}
+        (DateHeader::Http, true) => out.copy_from_slice(&imf_fixdate(since_epoch)),
+    }
+}
+
+/// Rewrites `out`, a [`created_at`] value, as [`created_at`] writes it for `since_epoch`;
+/// only the milliseconds unless `whole` (the instants' seconds differ).
+pub fn redate_created_at(since_epoch: Duration, out: &mut [u8], whole: bool) {
+    if whole {
+        out.copy_from_slice(&created_at(since_epoch));
+    } else {
+        write_digits(&mut out[20..23], since_epoch.subsec_millis().into());
+    }
+}
+
 /// Formats `since_epoch` as the seed's `date` header: `2023-04-21T12:40:19.925350124+00:00`.
 pub fn rfc3339_nanos(since_epoch: Duration) -> [u8; RFC3339_NANOS_LEN] {
     let mut out = [0u8; RFC3339_NANOS_LEN];

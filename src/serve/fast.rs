@@ -156,6 +156,7 @@ pub async fn serve<P: Plain, S: Stream>(
         output: Output::default(),
         idle_since: Instant::now(),
         head_since: None,
+        delay: None,
     };
     // Polled once to register for the shutdown signal; after that the wake-up it arranges is
     // enough, and a cheap look at the flag replaces polling it on every request.
@@ -170,7 +171,10 @@ pub async fn serve<P: Plain, S: Stream>(
     // One timer per connection, for whichever deadline is next (idle, header or write). It is
     // moved only when it would fire late or has fired early: no timer work on an ordinary
     // request.
-    let mut timer = std::pin::pin!(tokio::time::sleep(timeouts.idle));
+    // Set at the idle deadline itself, so that a connection whose request is there at once
+    // (a new connection per request) answers and closes without the timer ever being
+    // registered: moving it would wake the runtime's driver (a write to its eventfd).
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(conn.deadline()));
     let mut timer_registered = false;
     loop {
         // Step 1: answer every complete request read (more than one when pipelined), up to
@@ -196,17 +200,14 @@ pub async fn serve<P: Plain, S: Stream>(
             return conn.hand_over();
         }
         if let Some(waiting) = batch.waiting.take() {
-            // The connection's own timer: no deadline of its runs while a request waits.
-            timer_registered = false;
-            // Boxed: the wait's state would add to every connection's task.
-            let answered = Box::pin(conn.answer_waiting(*waiting, timer.as_mut(), &flag));
-            match answered.await {
+            // On the connection's second timer: its own keeps its deadline (and at worst
+            // fires early once, to be set again).
+            match conn.follow(waiting, &flag).await {
                 // Its answer went, or goes out with the next batch's, in order.
-                Ok(()) => {
+                Ok(now) => {
                     // Idle from its answer on; a head already begun (bytes that came during
                     // the wait) gets the whole header timeout from now, as hyper's next head
                     // does once the answer before it is written.
-                    let now = Instant::now();
                     conn.idle_since = now;
                     conn.head_since = (!conn.buf.is_empty()).then_some(now);
                 }
@@ -308,6 +309,9 @@ pub struct Connection<'a, S> {
     idle_since: Instant,
     /// When the first byte of the head at the front of `buf` arrived, if one is partly read.
     head_since: Option<Instant>,
+    /// The second timer: a request's delay, a hang, a streamed body's writes. Made when a
+    /// request first waits, so that the connection's own deadlines need not move for it.
+    delay: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S: Stream> Connection<'_, S> {

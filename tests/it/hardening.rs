@@ -3,24 +3,9 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::{Client, READ_TIMEOUT, TestServer, config, spawn};
+use crate::support::{Client, READ_TIMEOUT, TestServer, closed_within, config, spawn};
 
 const GET: &[u8] = b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n";
-
-/// Waits until the server closes `client`, up to `limit`; returns how long that took.
-fn closed_within(client: &mut Client, limit: Duration) -> Duration {
-    let start = Instant::now();
-    client
-        .stream()
-        .set_read_timeout(Some(limit))
-        .expect("timeout");
-    let mut byte = [0u8; 1];
-    match client.stream().read(&mut byte) {
-        Ok(0) => start.elapsed(),
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => start.elapsed(),
-        other => panic!("expected a close within {limit:?}, got {other:?}"),
-    }
-}
 
 #[test]
 fn a_trickled_request_head_is_cut_off_at_the_header_timeout() {

@@ -7,7 +7,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::{Client, TestServer, config, masked, masked_response, spawn, wait_until};
+use crate::support::{
+    Client, TestServer, closed_within, config, masked, masked_response, spawn, wait_until,
+};
 
 const HANDOVERS: &str = "microservice2_fast_path_handovers_total";
 
@@ -240,4 +242,28 @@ fn a_delayed_request_leaves_the_next_head_its_whole_header_timeout() {
         server.metric("microservice2_connections_closed_total", &cut),
         0.0
     );
+}
+
+#[test]
+fn the_idle_timeout_counts_from_a_delayed_answer() {
+    // The delay outlasts the idle deadline the connection had when its request came: that
+    // deadline must neither cut the wait nor the idle time after the answer.
+    let server = spawn(config(&["--workers", "1", "--idle-timeout", "600ms"]));
+    let mut client = server.connect();
+    client.send(b"GET /v1/avatar?delay=900ms HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 200);
+    let answered = Instant::now();
+    // Well inside the idle timeout counted from the answer, past the one counted from the
+    // request.
+    std::thread::sleep(Duration::from_millis(300));
+    client.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response(false).status, 200, "still open");
+    let idle_from = Instant::now();
+    let waited = closed_within(&mut client, Duration::from_secs(5));
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(idle_from.duration_since(answered) < Duration::from_millis(600));
+    let idle = [("reason", "idle_timeout")];
+    wait_until("the idle close counted", Duration::from_secs(5), || {
+        server.metric("microservice2_connections_closed_total", &idle) == 1.0
+    });
 }

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use microservice2::ops::exposition::Registry;
 use microservice2::{Config, Server};
@@ -273,6 +273,21 @@ impl<S: Read + Write> Client<S> {
     pub fn is_closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+/// Waits until the server closes `client`, up to `limit`; returns how long that took.
+pub fn closed_within(client: &mut Client, limit: Duration) -> Duration {
+    let start = Instant::now();
+    client
+        .stream()
+        .set_read_timeout(Some(limit))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match client.stream().read(&mut byte) {
+        Ok(0) => start.elapsed(),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => start.elapsed(),
+        other => panic!("expected a close within {limit:?}, got {other:?}"),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
@@ -51,12 +52,23 @@ pub(super) struct Waiting {
 }
 
 impl Waiting {
-    /// Its answer, into `output`, now that the delay is over; records it. Returns the body
-    /// still to stream, if any, and whether the connection ends after it: when the request
-    /// asked, or when shutdown has begun (`stopping`: an HTTP/1.1 answer then says
+    /// Whether its answer is written at once when the delay is over: no socket fault, no
+    /// streamed body.
+    fn answers_at_once(&self) -> bool {
+        !matches!(self.answer, Answer::Fault(_) | Answer::Streamed(_))
+    }
+
+    /// Its answer, into `output`, at `now` that the delay is over; records it. Returns the
+    /// body still to stream, if any, and whether the connection ends after it: when the
+    /// request asked, or when shutdown has begun (`stopping`: an HTTP/1.1 answer then says
     /// `connection: close`, as hyper's does).
-    fn answer(self, routes: &Routes, output: &mut Output, stopping: bool) -> (Option<Body>, bool) {
-        let now = Instant::now();
+    fn answer(
+        self,
+        routes: &Routes,
+        output: &mut Output,
+        stopping: bool,
+        now: Instant,
+    ) -> (Option<Body>, bool) {
         let mut request = self.request;
         if stopping {
             request.connection = if request.http10 {
@@ -84,20 +96,41 @@ pub(super) enum Ended {
 }
 
 impl<S: Stream> Connection<'_, S> {
-    /// Answers a request that waited out its delay (or acts out its fault, or streams its
-    /// body), as hyper's path would: on `timer`, which holds none of the connection's own
-    /// deadlines meanwhile. `stop` says whether shutdown has begun.
-    pub(super) async fn answer_waiting(
+    /// Answers a request that waits out its delay (or acts out its fault, or streams its
+    /// body), as hyper's path would. The wait is on the connection's second timer, so its
+    /// own deadlines stay where they are; the answer goes out with the next batch's, in
+    /// order. `stop` says whether shutdown has begun. Returns when the answer was made.
+    pub(super) async fn follow(
         &mut self,
-        waiting: Waiting,
-        mut timer: Pin<&mut Sleep>,
+        waiting: Box<Waiting>,
         stop: &watch::Receiver<bool>,
-    ) -> Result<(), Ended> {
-        if waiting.until > Instant::now() {
+    ) -> Result<Instant, Ended> {
+        let now = Instant::now();
+        if waiting.until > now {
             // The client going while its request waits: hyper drops such a request too.
-            let waited = self.wait_until(waiting.until, timer.as_mut()).await;
+            let waited = self.wait_until(waiting.until).await;
             waited.map_err(Ended::Closed)?;
         }
+        if !waiting.answers_at_once() {
+            // Boxed: the state of a fault or a streamed body would add to every
+            // connection's task.
+            return Box::pin(self.act_out(*waiting, stop)).await;
+        }
+        let now = Instant::now();
+        let (_, closes) = waiting.answer(self.routes, &mut self.output, *stop.borrow(), now);
+        if closes {
+            self.flush_on_delay_timer().await.map_err(Ended::Closed)?;
+            return Err(Ended::Closed(CloseReason::Client));
+        }
+        Ok(now)
+    }
+
+    /// A waited request's fault (a hang first waits on the second timer) or streamed body.
+    async fn act_out(
+        &mut self,
+        waiting: Waiting,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Instant, Ended> {
         let routes = self.routes;
         if let Answer::Streamed(plan) = &waiting.answer {
             if plan.fault == Some(Fault::Truncate) {
@@ -108,8 +141,7 @@ impl<S: Stream> Connection<'_, S> {
             routes.fault_injected(fault);
             if fault == Fault::Hang {
                 let until = Instant::now() + routes.max_hang();
-                let hung = self.wait_until(until, timer.as_mut()).await;
-                hung.map_err(Ended::Closed)?;
+                self.wait_until(until).await.map_err(Ended::Closed)?;
             }
             drop(waiting.held);
             let fault = if fault == Fault::Hang {
@@ -119,27 +151,39 @@ impl<S: Stream> Connection<'_, S> {
             };
             return Err(Ended::Fault(fault));
         }
-        let (body, closes) = waiting.answer(routes, &mut self.output, *stop.borrow());
+        let now = Instant::now();
+        let (body, closes) = waiting.answer(routes, &mut self.output, *stop.borrow(), now);
         if let Some(body) = body {
-            self.flush(timer.as_mut()).await.map_err(Ended::Closed)?;
-            self.stream_body(body, timer.as_mut())
-                .await
-                .map_err(Ended::Closed)?;
+            self.flush_on_delay_timer().await.map_err(Ended::Closed)?;
+            self.stream_body(body).await.map_err(Ended::Closed)?;
         }
         if closes {
-            self.flush(timer).await.map_err(Ended::Closed)?;
+            self.flush_on_delay_timer().await.map_err(Ended::Closed)?;
             return Err(Ended::Closed(CloseReason::Client));
         }
-        Ok(())
+        Ok(Instant::now())
+    }
+
+    /// [`Connection::flush`] with a stalled write held to the write timeout on the second
+    /// timer.
+    async fn flush_on_delay_timer(&mut self) -> Result<bool, CloseReason> {
+        let mut timer = self.delay_timer();
+        let flushed = self.flush(timer.as_mut()).await;
+        self.delay = Some(timer);
+        flushed
+    }
+
+    /// The connection's second timer, made the first time a request waits (most
+    /// connections never do): taken out while it is used, then put back.
+    fn delay_timer(&mut self) -> Pin<Box<Sleep>> {
+        self.delay
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep(Duration::ZERO)))
     }
 
     /// Sends a streamed body (`count`, paced, truncated) frame by frame, each written before
     /// the connection waits for the next; a truncated body ends the connection.
-    async fn stream_body(
-        &mut self,
-        mut body: Body,
-        mut timer: Pin<&mut Sleep>,
-    ) -> Result<(), CloseReason> {
+    async fn stream_body(&mut self, mut body: Body) -> Result<(), CloseReason> {
         enum Step {
             Write,
             Done,
@@ -167,7 +211,7 @@ impl<S: Stream> Connection<'_, S> {
                 }
             })
             .await;
-            self.flush(timer.as_mut()).await?;
+            self.flush_on_delay_timer().await?;
             match step {
                 Step::Write => {}
                 Step::Done => return Ok(()),
@@ -189,16 +233,13 @@ fn record_one(routes: &Routes, request: &Shape, status: u16, elapsed: std::time:
 }
 
 impl<S: Stream> Connection<'_, S> {
-    /// Waits until `until` (a request's delay) on the connection's `timer`, reading
-    /// meanwhile what the client sends (at most [`MAX_KEPT`]) to notice it going away, as
-    /// hyper's path does.
-    pub(super) async fn wait_until(
-        &mut self,
-        until: Instant,
-        mut sleep: Pin<&mut Sleep>,
-    ) -> Result<(), CloseReason> {
+    /// Waits until `until` (a request's delay, or a hang) on the connection's second timer,
+    /// reading meanwhile what the client sends (at most [`MAX_KEPT`]) to notice it going
+    /// away, as hyper's path does.
+    pub(super) async fn wait_until(&mut self, until: Instant) -> Result<(), CloseReason> {
+        let mut sleep = self.delay_timer();
         sleep.as_mut().reset(until);
-        loop {
+        let waited = loop {
             let room = self.buf.len() < MAX_KEPT;
             let read = std::future::poll_fn(|cx| {
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -218,12 +259,14 @@ impl<S: Stream> Connection<'_, S> {
             })
             .await;
             match read {
-                None => return Ok(()),
-                Some(Ok(0)) => return Err(CloseReason::Client),
-                Some(Err(err)) => return Err(CloseReason::of_io(&err)),
+                None => break Ok(()),
+                Some(Ok(0)) => break Err(CloseReason::Client),
+                Some(Err(err)) => break Err(CloseReason::of_io(&err)),
                 Some(Ok(n)) => READ_SCRATCH.with_borrow(|scratch| self.keep(&scratch[..n])),
             }
-        }
+        };
+        self.delay = Some(sleep);
+        waited
     }
 }
 
@@ -287,7 +330,7 @@ impl Batch {
                         used += request.len;
                         self.consumed = true;
                         self.waiting = Some(Box::new(Waiting {
-                            until: Instant::now() + delay,
+                            until: now + delay,
                             since: now,
                             answer,
                             request,
