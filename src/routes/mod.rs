@@ -179,6 +179,11 @@ impl Routes {
         classify(buf, &self.path)
     }
 
+    /// [`Routes::classify`] for a connection's first read at accept.
+    pub fn classify_first(&self, buf: &[u8]) -> Head {
+        classify::classify_first(buf, &self.path)
+    }
+
     /// Gateway mode's [`Routes::classify`]: a request carrying the attempt header is hyper's,
     /// which passes it on to the upstream.
     #[inline]

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::fast::{self, Outcome, Prefixed, Timeouts};
+use super::fast::{self, Answered, Outcome, Prefixed, Timeouts};
+use super::output::Output;
 use super::stream::{H2_PREFACE_START, Stream, TlsStream};
 use super::watched::{Activity, Watched};
 use crate::behaviour::Fault;
@@ -54,7 +55,13 @@ impl Connection {
     /// paths that hold hyper's connection state (and gateway mode's upstream call) are
     /// boxed: a serve-mode fast-path task is about 1 KB instead of 4.4 KB, and the task is
     /// most of what each of 10,000 open connections costs.
-    pub(super) async fn serve<S: Stream>(mut self, stream: S) {
+    pub(super) async fn serve<S: Stream>(self, stream: S) {
+        self.serve_read(stream, BytesMut::new()).await;
+    }
+
+    /// [`Connection::serve`] with the bytes the first read at accept took (see
+    /// `fast/first.rs`).
+    pub(super) async fn serve_read<S: Stream>(mut self, stream: S, read: BytesMut) {
         if stream.chose_h2() {
             return Box::pin(self.serve_hyper(Prefixed::new(Bytes::new(), stream), true)).await;
         }
@@ -69,9 +76,17 @@ impl Connection {
         // and the connection's own task is boxed too, so that serve mode's tasks stay small.
         let outcome = if routes.is_gateway() {
             let calls = fast::Calls(|head_only| Box::pin(routes.gateway_wire(head_only)));
-            Box::pin(fast::serve(stream, routes, self.timeouts, stop, calls)).await
+            Box::pin(fast::serve(
+                stream,
+                read,
+                routes,
+                self.timeouts,
+                stop,
+                calls,
+            ))
+            .await
         } else {
-            fast::serve(stream, routes, self.timeouts, stop, fast::Avatars).await
+            fast::serve(stream, read, routes, self.timeouts, stop, fast::Avatars).await
         };
         match outcome {
             Outcome::Closed(reason) => self.reason = Some(reason),
@@ -120,6 +135,24 @@ impl Connection {
         };
         metrics.handshake(result, start.elapsed());
         self.serve(TlsStream(Box::new(session))).await;
+    }
+
+    /// Writes the rest of an answer the first read at accept made (which the socket did not
+    /// take at once), held to the write timeout, then closes; counts the answer once written.
+    pub(super) async fn finish(mut self, mut stream: TcpStream, rest: Bytes, answered: Answered) {
+        let mut output = Output::default();
+        output.push(rest);
+        let written = poll_fn(|cx| output.poll_write(&mut stream, cx));
+        self.reason = Some(
+            match tokio::time::timeout(self.timeouts.write, written).await {
+                Ok(Ok(())) => {
+                    answered.record(&self.routes);
+                    CloseReason::Client
+                }
+                Ok(Err(err)) => CloseReason::of_io(&err),
+                Err(_) => CloseReason::WriteTimeout,
+            },
+        );
     }
 
     /// With the fast path off (every request planned, or the admin listener), hyper serves

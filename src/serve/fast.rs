@@ -46,6 +46,8 @@ pub use batch::Batch;
 use batch::Ended;
 
 mod batch;
+mod first;
+pub use first::{Answered, First, first_read};
 
 /// How a fast-path connection ended.
 #[derive(Debug)]
@@ -136,10 +138,12 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
-/// Serves fast-path requests on `stream` until the connection ends or needs hyper, `plain`
-/// answering each plain request; `stop` turns true when shutdown begins.
+/// Serves fast-path requests on `stream` (`read`: bytes read from it already) until the
+/// connection ends or needs hyper, `plain` answering each plain request; `stop` turns true
+/// when shutdown begins.
 pub async fn serve<P: Plain, S: Stream>(
     stream: S,
+    read: BytesMut,
     routes: &Routes,
     timeouts: Timeouts,
     stop: watch::Receiver<bool>,
@@ -149,10 +153,10 @@ pub async fn serve<P: Plain, S: Stream>(
         stream,
         routes,
         timeouts,
-        buf: BytesMut::new(),
+        release_buf: !read.is_empty(),
+        buf: read,
         fresh: 0,
         keep_all: P::WAITS,
-        release_buf: false,
         output: Output::default(),
         idle_since: Instant::now(),
         head_since: None,

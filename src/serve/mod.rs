@@ -12,16 +12,18 @@ pub(crate) mod watched;
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
@@ -39,6 +41,10 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// How long an accept loop waits after an error that is not about one connection (out of file
 /// descriptors, out of memory) before it tries again, so it does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Connections an accept loop answers at their first read before it lets the worker's other
+/// connections run.
+const ANSWERED_BEFORE_YIELD: u32 = 16;
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +301,11 @@ fn run_worker(
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
         let mut loops = Vec::with_capacity(listeners.len());
         for (listener, admin) in listeners {
-            match TcpListener::from_std(listener) {
+            // Deprecated for an `AsRawFd` that may not own its descriptor; a listener owns its
+            // own, for as long as the `AsyncFd` holds it.
+            #[allow(deprecated)]
+            let listener = AsyncFd::new(listener);
+            match listener {
                 Ok(listener) => loops.push(tokio::task::spawn_local(worker.clone().accept_loop(
                     listener,
                     admin,
@@ -340,18 +350,22 @@ impl Worker {
     /// Accepts connections until `stop` turns true.
     async fn accept_loop(
         self,
-        listener: TcpListener,
+        listener: AsyncFd<StdListener>,
         admin: bool,
         stop: watch::Receiver<bool>,
         open: mpsc::Sender<()>,
     ) {
         let mut stopping = stop.clone();
         let mut last_error_log: Option<tokio::time::Instant> = None;
+        // Plain serve-mode connections on the main port get their first read at once.
+        let read_first =
+            self.fast_path && !admin && self.tls.is_none() && !self.routes.is_gateway();
+        let mut answered_here: u32 = 0;
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = stopping.wait_for(|stopped| *stopped) => break,
-                accepted = listener.accept() => match accepted {
+                accepted = accept(&listener) => match accepted {
                     Ok(accepted) => accepted,
                     Err(err) if is_per_connection(&err) => continue,
                     Err(err) => {
@@ -376,7 +390,7 @@ impl Worker {
                     .connection_closed(CloseReason::MaxConnections);
                 continue;
             }
-            let connection = Connection {
+            let mut connection = Connection {
                 timeouts: self.timeouts,
                 http2: self.http2,
                 fast_path: self.fast_path && !admin,
@@ -388,15 +402,62 @@ impl Worker {
                 reason: None,
                 _open: open.clone(),
             };
-            match &self.tls {
-                Some((main, admin_only)) => {
+            let first = if read_first {
+                fast::first_read(&stream, &self.routes)
+            } else {
+                fast::First::Serve(BytesMut::new())
+            };
+            if let fast::First::Closed(reason) = first {
+                // Answered (or ended) without a task; counted as it is dropped.
+                connection.reason = Some(reason);
+                drop(connection);
+                answered_here += 1;
+                if answered_here % ANSWERED_BEFORE_YIELD == 0 {
+                    // While connections keep coming, the loop would otherwise run until the
+                    // runtime's budget for a task is spent (128 of them, about 2 ms), and the
+                    // connections served by tasks would wait that long.
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    connection.reason = Some(CloseReason::of_io(&err));
+                    continue;
+                }
+            };
+            match (&self.tls, first) {
+                (_, fast::First::Unwritten(rest, answered)) => {
+                    tokio::task::spawn_local(connection.finish(stream, rest, answered));
+                }
+                (Some((main, admin_only)), _) => {
                     let acceptor = if admin { admin_only } else { main };
                     tokio::task::spawn_local(connection.serve_tls(stream, acceptor.clone()));
                 }
-                None => {
-                    tokio::task::spawn_local(connection.serve(stream));
+                (None, fast::First::Serve(read)) => {
+                    tokio::task::spawn_local(connection.serve_read(stream, read));
                 }
+                (None, fast::First::Closed(_)) => unreachable!("handled above"),
             }
+        }
+    }
+}
+
+/// Accepts a connection from `listener` as a non-blocking socket not yet registered with the
+/// runtime (as `accept4` with `SOCK_NONBLOCK` gives it), so that one answered by its first
+/// read never is.
+async fn accept(listener: &AsyncFd<StdListener>) -> io::Result<(StdStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|listener| {
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            SockRef::from(listener.get_ref()).accept4(flags)
+        });
+        if let Ok(accepted) = accepted {
+            let (socket, peer) = accepted?;
+            let peer = peer.as_socket().ok_or(io::ErrorKind::InvalidData)?;
+            return Ok((socket.into(), peer));
         }
     }
 }

@@ -4,11 +4,13 @@
 //! worker or reordering pipelined answers, and a shed request gets hyper's bytes. That they
 //! answer as hyper does, byte for byte, is `differential.rs`'s.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Client, TestServer, closed_within, config, masked, masked_response, spawn, wait_until,
+    ChildServer, Client, TestServer, closed_within, config, connect_tcp, masked, masked_response,
+    spawn, wait_until,
 };
 
 const HANDOVERS: &str = "microservice2_fast_path_handovers_total";
@@ -266,4 +268,62 @@ fn the_idle_timeout_counts_from_a_delayed_answer() {
     wait_until("the idle close counted", Duration::from_secs(5), || {
         server.metric("microservice2_connections_closed_total", &idle) == 1.0
     });
+}
+
+#[test]
+fn requests_there_before_the_accept_are_answered_as_hyper_answers_them() {
+    // The server is stopped while the clients connect and send, so every request is there
+    // when its connection is accepted: the first read answers the ones that end their
+    // connection (fast/first.rs), the task the others.
+    const REQUESTS: [&str; 8] = [
+        "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "HEAD /v1/avatar HTTP/1.1\r\nHost: t\r\nconnection: close\r\n\r\n",
+        "GET /v1/avatar HTTP/1.0\r\n\r\n",
+        "HEAD /v1/avatar?cb=1 HTTP/1.0\r\nHost: t\r\n\r\n",
+        "GET /v1/avatar?status=503 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /v1/avatar HTTP/1.1\r\nConnection: close\r\n\r\nGET /v1/avatar HTTP/1.1\r\n\r\n",
+        "GET /v1/avatars HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+    ];
+    let answers = |extra: &[&str]| {
+        let server = ChildServer::start(extra);
+        server.signal("STOP");
+        let mut streams: Vec<_> = REQUESTS
+            .iter()
+            .map(|request| {
+                let mut stream = connect_tcp(server.addr);
+                stream.write_all(request.as_bytes()).expect("send");
+                stream
+            })
+            .collect();
+        server.signal("CONT");
+        let answers: Vec<String> = streams
+            .iter_mut()
+            .map(|stream| {
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).expect("read to the close");
+                String::from_utf8(masked(&answer)).expect("ASCII")
+            })
+            .collect();
+        let counted: Vec<f64> = ["200", "503", "404"]
+            .iter()
+            .map(|status| server.metric("microservice2_requests_total", &[("status", status)]))
+            .collect();
+        let closed = server.metric(
+            "microservice2_connections_closed_total",
+            &[("reason", "client")],
+        );
+        (answers, counted, closed)
+    };
+    let (fast, fast_counted, fast_closed) = answers(&[]);
+    let (hyper, hyper_counted, hyper_closed) = answers(&["--no-fast-path"]);
+    for (index, (fast, hyper)) in fast.iter().zip(&hyper).enumerate() {
+        assert_eq!(fast, hyper, "request {index}: {:?}", REQUESTS[index]);
+    }
+    assert_eq!(fast_counted, hyper_counted, "requests counted by status");
+    assert_eq!(fast_counted[0], 6.0, "{fast_counted:?}");
+    assert_eq!(
+        fast_closed, hyper_closed,
+        "connections closed by the client's asking"
+    );
 }
