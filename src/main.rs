@@ -14,9 +14,6 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit status when a second signal cuts the drain short (128 + SIGINT, as shells report it).
 const EXIT_FORCED: i32 = 130;
 
