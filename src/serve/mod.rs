@@ -1,7 +1,9 @@
 //! Thread-per-core serving: one OS thread per worker, each with a single-threaded tokio runtime
 //! and its own `SO_REUSEPORT` listener on the shared port, so the kernel spreads connections
-//! across workers and nothing is shared between them on the request path. Also owns graceful
-//! shutdown: stop accepting, let in-flight responses finish, close keep-alive connections.
+//! across workers and nothing is shared between them on the request path. A plain connection
+//! gets its first read as it is accepted (`fast/first.rs`): one that asked for a single answer
+//! is answered and closed there, without a task. Also owns graceful shutdown: stop accepting,
+//! let in-flight responses finish, close keep-alive connections.
 
 mod connection;
 pub(crate) mod fast;
