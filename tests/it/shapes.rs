@@ -275,6 +275,12 @@ fn requests_there_before_the_accept_are_answered_as_hyper_answers_them() {
     // The server is stopped while the clients connect and send, so every request is there
     // when its connection is accepted: the first read answers the ones that end their
     // connection (fast/first.rs), the task the others.
+    // A close request exactly as long as the first read, with another behind it.
+    let padded = {
+        let head = "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Pad: ";
+        let pad = "a".repeat(4096 - head.len() - 4);
+        format!("{head}{pad}\r\n\r\nGET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n")
+    };
     const REQUESTS: [&str; 8] = [
         "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         "HEAD /v1/avatar HTTP/1.1\r\nHost: t\r\nconnection: close\r\n\r\n",
@@ -285,10 +291,11 @@ fn requests_there_before_the_accept_are_answered_as_hyper_answers_them() {
         "GET /v1/avatars HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         "GET /v1/avatar HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
     ];
+    let requests: Vec<&str> = REQUESTS.iter().copied().chain([padded.as_str()]).collect();
     let answers = |extra: &[&str]| {
         let server = ChildServer::start(extra);
         server.signal("STOP");
-        let mut streams: Vec<_> = REQUESTS
+        let mut streams: Vec<_> = requests
             .iter()
             .map(|request| {
                 let mut stream = connect_tcp(server.addr);
@@ -300,8 +307,18 @@ fn requests_there_before_the_accept_are_answered_as_hyper_answers_them() {
         let answers: Vec<String> = streams
             .iter_mut()
             .map(|stream| {
+                // Bytes left unread behind a close request make the close a reset (the
+                // fast path reads 4 KiB at a time, hyper more): read up to either.
                 let mut answer = Vec::new();
-                stream.read_to_end(&mut answer).expect("read to the close");
+                let mut buf = [0u8; 8192];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
+                        Err(err) => panic!("read: {err}"),
+                    }
+                }
                 String::from_utf8(masked(&answer)).expect("ASCII")
             })
             .collect();
@@ -318,10 +335,10 @@ fn requests_there_before_the_accept_are_answered_as_hyper_answers_them() {
     let (fast, fast_counted, fast_closed) = answers(&[]);
     let (hyper, hyper_counted, hyper_closed) = answers(&["--no-fast-path"]);
     for (index, (fast, hyper)) in fast.iter().zip(&hyper).enumerate() {
-        assert_eq!(fast, hyper, "request {index}: {:?}", REQUESTS[index]);
+        assert_eq!(fast, hyper, "request {index}: {:?}", requests[index]);
     }
     assert_eq!(fast_counted, hyper_counted, "requests counted by status");
-    assert_eq!(fast_counted[0], 6.0, "{fast_counted:?}");
+    assert_eq!(fast_counted[0], 7.0, "{fast_counted:?}");
     assert_eq!(
         fast_closed, hyper_closed,
         "connections closed by the client's asking"
