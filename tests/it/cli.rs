@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::support::{ChildServer, Client, binary, read_by_peer, refuses_connections, wait_until};
+use crate::support::{
+    ChildServer, Client, ClosedPort, binary, read_by_peer, refuses_connections, wait_until,
+};
 
 /// How long a test waits for the server to reach a state before it fails.
 const LIMIT: Duration = Duration::from_secs(5);
@@ -244,10 +246,9 @@ fn healthcheck_exits_0_on_200_1_otherwise_and_2_for_a_bad_url() {
     let (code, stderr) = check(&[&format!("{base}/nothing")], &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("404"), "{stderr}");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let closed = closed.local_addr().expect("address");
+    let closed = ClosedPort::new();
     drop(server);
-    let (code, stderr) = check(&[&format!("http://{closed}/healthz")], &[]);
+    let (code, stderr) = check(&[&closed.url("/healthz")], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     for bad in [
         &["ftp://x/"][..],

@@ -12,7 +12,8 @@ use prometheus_parse::Value;
 
 use crate::observability::{scrape, value};
 use crate::support::{
-    ChildServer, Client, RawResponse, TestServer, binary, config, masked, masked_response, spawn,
+    ChildServer, Client, ClosedPort, RawResponse, TestServer, binary, config, masked,
+    masked_response, spawn,
 };
 
 /// How long a test waits for a state (an upstream's close or write reaching the gateway).
@@ -72,10 +73,21 @@ fn url(server: &TestServer, path: &str) -> String {
     format!("http://{}{path}", server.addr)
 }
 
-/// An address where nothing listens.
-fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
+#[test]
+fn a_closed_port_refuses_connections_and_cannot_be_taken_while_held() {
+    let closed = ClosedPort::new();
+    let refused = std::net::TcpStream::connect(closed.addr).expect_err("nothing listens");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        TcpListener::bind(closed.addr).is_err(),
+        "the port was taken"
+    );
+    let addr = closed.addr;
+    drop(closed);
+    assert!(
+        TcpListener::bind(addr).is_ok(),
+        "the port is free once let go"
+    );
 }
 
 fn json(response: &RawResponse) -> serde_json::Value {
@@ -174,7 +186,8 @@ fn the_suites_environment_variables_name_the_gateway_and_its_upstream(client: &s
 }
 
 fn a_refused_connection_is_a_502_naming_the_cause_within_100_ms(client: &str) {
-    let down = format!("http://{}/v1/avatar", closed_port());
+    let closed = ClosedPort::new();
+    let down = closed.url("/v1/avatar");
     let gateway = gateway(client, std::slice::from_ref(&down), &[]);
     let mut client = gateway.connect();
     for _ in 0..3 {
@@ -303,7 +316,8 @@ fn retries_recover_from_an_upstream_answering_503_half_the_time(client: &str) {
 }
 
 fn retries_stop_at_the_overall_timeout(client: &str) {
-    let down = format!("http://{}/", closed_port());
+    let closed = ClosedPort::new();
+    let down = closed.url("/");
     let gateway = gateway(
         client,
         &[down],
@@ -360,7 +374,8 @@ fn keep_alive_connections_to_the_upstream_are_reused(client: &str) {
 fn fan_out_calls_every_upstream_and_gathers_their_answers(client: &str) {
     let healthy = spawn(config(&[]));
     let failing = spawn(config(&["--behaviour", "status=500"]));
-    let down = format!("http://{}/v1/avatar", closed_port());
+    let closed = ClosedPort::new();
+    let down = closed.url("/v1/avatar");
     let upstreams = [
         url(&healthy, "/v1/avatar"),
         url(&failing, "/v1/avatar"),

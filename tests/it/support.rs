@@ -820,3 +820,36 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .windows(needle.len())
         .position(|window| window == needle)
 }
+
+/// An address where nothing listens, held for as long as the value lives: its socket is
+/// bound but never listens, so connections to it are refused and no other socket (another
+/// test's server binding port 0) can take the port meanwhile. A port bound and let go at
+/// once could be handed to a server started by a test running beside this one: a gateway
+/// then found its "down" upstream answering 200 (a CI failure).
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        socket.bind(&any.into()).expect("bind");
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|addr| addr.as_socket())
+            .expect("address");
+        Self {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
