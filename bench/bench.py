@@ -201,7 +201,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen 127.0.0.1:{port}{ssl} reuseport backlog=4096;{tls}
+        listen 127.0.0.1:{port}{ssl} reuseport backlog=4096{deferred};{tls}
         location = /v1/avatar {{
             default_type application/json;
             add_header engine Rust/Hype;
@@ -229,6 +229,8 @@ class Variant:
     tls: TlsFiles | None = None
     # Its stderr (and the upstream's), from server_stderr().
     logs: list[IO[str]] | None = None
+    # Kind `nginx`: `listen ... deferred` (TCP_DEFER_ACCEPT), as microservice2's --defer-accept.
+    deferred: bool = False
 
     @staticmethod
     def parse(spec: str) -> "Variant":
@@ -285,7 +287,7 @@ class Variant:
                 ssl, tls = " ssl", NGINX_TLS.format(cert=self.tls.cert, key=self.tls.key)
             (work / "nginx.conf").write_text(
                 NGINX_CONF.format(workers=workers, dir=work, port=self.port, sendfile=sendfile,
-                                  ssl=ssl, tls=tls)
+                                  ssl=ssl, tls=tls, deferred=" deferred" if self.deferred else "")
             )
             cmd = ["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]
         self.proc = subprocess.Popen(
@@ -1203,6 +1205,8 @@ SHAPES = [
      ["--max-inflight", "10000"], "plain"),
     ("http10", "HTTP/1.0 with `Connection: keep-alive`", "-t2 -c100", "http10", [], "nginx"),
     ("close", "`Connection: close` on every request", "-t2 -c50", "close", [], "nginx"),
+    ("close-deferred", "`Connection: close`, both accepting deferred (`--defer-accept`; "
+     "nginx `listen ... deferred`)", "-t2 -c50", "close", ["--defer-accept"], "nginx-deferred"),
 ]
 
 
@@ -1216,9 +1220,11 @@ def shapes_main(opts) -> int:
     for shape, what, flags, lua, m2_args, peer in SHAPES:
         wrk_args = [*shlex.split(flags), duration, "--timeout", "10s"]
         ours = Variant("microservice2", "m2", list(m2_args))
-        theirs = Variant("nginx", "nginx", []) if peer == "nginx" else Variant(
-            "microservice2 plain", "m2", [])
-        peer_lua = lua if peer == "nginx" else "plain"
+        if peer.startswith("nginx"):
+            theirs = Variant(peer.replace("-", " "), "nginx", [], deferred=peer != "nginx")
+        else:
+            theirs = Variant("microservice2 plain", "m2", [])
+        peer_lua = lua if peer.startswith("nginx") else "plain"
         rounds: dict[str, list[dict]] = {"ours": [], "peer": []}
         try:
             for variant in (ours, theirs):
@@ -1238,7 +1244,7 @@ def shapes_main(opts) -> int:
         instructions = None
         if opts.callgrind:
             # Under callgrind a delayed load is slow: fewer requests, still thousands.
-            wanted = opts.callgrind if shape not in ("lognormal", "close") else opts.callgrind // 4
+            wanted = opts.callgrind if lua != "close" and shape != "lognormal" else opts.callgrind // 4
             print(f"{shape:>14} callgrind...", flush=True)
             instructions = instructions_per_request(
                 RELEASE_BIN, wanted, serve_args=list(m2_args), shape=lua)

@@ -115,6 +115,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "M2_NO_FAST_PATH")]
     pub no_fast_path: bool,
 
+    /// Accept a connection only once its first bytes have come (Linux TCP_DEFER_ACCEPT): one that sends nothing is accepted about 1 s later.
+    #[arg(long, env = "M2_DEFER_ACCEPT")]
+    pub defer_accept: bool,
+
     /// Close new connections at once above this many open [default: the open-files limit less 64].
     #[arg(long, env = "M2_MAX_CONNECTIONS", value_name = "N", value_parser = parse_at_least_one)]
     pub max_connections: Option<NonZeroUsize>,

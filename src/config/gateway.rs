@@ -24,7 +24,7 @@ const GATEWAY_PATH: &str = "/v1/user";
 
 /// In gateway mode every serve-mode flag reads an `M1_*` variable (the `M2_*` ones name the
 /// upstream): (argument, variable).
-const GATEWAY_ENV: [(&str, &str); 36] = [
+const GATEWAY_ENV: [(&str, &str); 37] = [
     ("host", "M1_DOMAIN"),
     ("port", "M1_PORT"),
     ("path", "M1_PATH"),
@@ -37,6 +37,7 @@ const GATEWAY_ENV: [(&str, &str); 36] = [
     ("log_format", "M1_LOG_FORMAT"),
     ("write_timeout", "M1_WRITE_TIMEOUT"),
     ("no_fast_path", "M1_NO_FAST_PATH"),
+    ("defer_accept", "M1_DEFER_ACCEPT"),
     ("tls_cert", "M1_TLS_CERT"),
     ("tls_key", "M1_TLS_KEY"),
     ("tls_alpn", "M1_TLS_ALPN"),

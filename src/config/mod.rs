@@ -88,6 +88,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub no_fast_path: bool,
+    /// `--defer-accept`: the main port's connections are accepted once they have sent
+    /// something (`TCP_DEFER_ACCEPT`).
+    pub defer_accept: bool,
     pub max_connections: Option<NonZeroUsize>,
     pub admin_port: Option<u16>,
     pub shutdown_delay: Duration,
@@ -257,6 +260,7 @@ impl Config {
             idle_timeout: args.idle_timeout,
             write_timeout: args.write_timeout,
             no_fast_path: args.no_fast_path,
+            defer_accept: args.defer_accept,
             max_connections: args.max_connections,
             admin_port: args.admin_port,
             shutdown_delay: args.shutdown_delay,

@@ -48,10 +48,12 @@ fn variables_come_from_the_source_given_and_flags_win_over_them() {
         ("M2_HTTP2", "true"),
         ("M2_NO_FAST_PATH", "false"),
         ("M2_BEHAVIOUR", "status=503"),
+        ("M2_DEFER_ACCEPT", "true"),
     ];
     let config = parse_env(&[], &env).expect("valid variables");
     assert_eq!((config.port, config.path.as_str()), (4000, "/x"));
-    assert!(config.http2 && !config.no_fast_path);
+    assert!(config.http2 && !config.no_fast_path && config.defer_accept);
+    assert!(!parse_env(&[], &[]).expect("defaults").defer_accept);
     assert_eq!(config.behaviour.as_deref(), Some("status=503"));
     let config = parse_env(&["--port", "5000", "--http2"], &env).expect("valid flags");
     assert_eq!(config.port, 5000);
@@ -60,9 +62,11 @@ fn variables_come_from_the_source_given_and_flags_win_over_them() {
         ("M1_PORT", "9000"),
         ("M2_PORT", "4000"),
         ("M2_DOMAIN", "m2"),
+        ("M1_DEFER_ACCEPT", "true"),
     ];
     let config = parse_env(&["gateway"], &env).expect("valid variables");
     assert_eq!(config.port, 9000);
+    assert!(config.defer_accept);
     let upstream = &config.gateway.expect("gateway mode").upstreams[0];
     assert_eq!(upstream.url, "http://m2:4000/v1/avatar");
     // A bad variable is named, as a bad flag is.

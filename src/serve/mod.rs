@@ -8,13 +8,14 @@
 mod connection;
 pub(crate) mod fast;
 mod h2;
+mod listen;
 mod output;
 mod stream;
 pub(crate) mod watched;
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
@@ -23,7 +24,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,10 +35,7 @@ use crate::routes::{Routes, Shared};
 use crate::tls::{ServerTls, TlsError};
 use connection::Connection;
 use fast::Timeouts;
-
-/// Pending connections the kernel queues per listener; sized for load tests that open
-/// thousands of connections at once.
-const LISTEN_BACKLOG: i32 = 4096;
+use listen::{accept, is_per_connection, listen};
 
 /// How long an accept loop waits after an error that is not about one connection (out of file
 /// descriptors, out of memory) before it tries again, so it does not spin.
@@ -84,7 +81,8 @@ impl Server {
         let mut addr = SocketAddr::new(config.host.ip, config.port);
         let mut listeners = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let listener = listen(addr).map_err(|source| ServerError::Listen { addr, source })?;
+            let listener = listen(addr, config.defer_accept)
+                .map_err(|source| ServerError::Listen { addr, source })?;
             if addr.port() == 0 {
                 addr = listener
                     .local_addr()
@@ -95,7 +93,7 @@ impl Server {
         let admin = match config.admin_port {
             Some(port) => {
                 let admin_addr = SocketAddr::new(config.host.ip, port);
-                let listener = listen(admin_addr).map_err(|source| ServerError::Listen {
+                let listener = listen(admin_addr, false).map_err(|source| ServerError::Listen {
                     addr: admin_addr,
                     source,
                 })?;
@@ -231,24 +229,6 @@ impl Server {
         tracing::info!("shutdown: complete");
         Ok(())
     }
-}
-
-/// Opens a non-blocking listening socket with `SO_REUSEPORT` and `TCP_NODELAY` (inherited by
-/// accepted sockets on Linux).
-fn listen(addr: SocketAddr) -> io::Result<StdListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_tcp_nodelay(true)?;
-    if addr.is_ipv6() {
-        socket
-            .set_only_v6(false)
-            .or_else(|_| socket.set_only_v6(true))?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
 
 /// One worker: a current-thread runtime running the accept loops and every connection they
@@ -444,34 +424,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Accepts a connection from `listener` as a non-blocking socket not yet registered with the
-/// runtime (as `accept4` with `SOCK_NONBLOCK` gives it), so that one answered by its first
-/// read never is.
-async fn accept(listener: &AsyncFd<StdListener>) -> io::Result<(StdStream, SocketAddr)> {
-    loop {
-        let mut ready = listener.readable().await?;
-        let accepted = ready.try_io(|listener| {
-            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-            SockRef::from(listener.get_ref()).accept4(flags)
-        });
-        if let Ok(accepted) = accepted {
-            let (socket, peer) = accepted?;
-            let peer = peer.as_socket().ok_or(io::ErrorKind::InvalidData)?;
-            return Ok((socket.into(), peer));
-        }
-    }
-}
-
-/// Accept errors that concern one connection only: retry at once.
-fn is_per_connection(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }

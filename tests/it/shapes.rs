@@ -15,6 +15,10 @@ use crate::support::{
 
 const HANDOVERS: &str = "microservice2_fast_path_handovers_total";
 
+/// How long a test waits for a state the server reaches on its own (the kernel's deferred
+/// accept is about 1 s).
+const LIMIT: Duration = Duration::from_secs(10);
+
 /// Requests in flight, scraped on the admin port (so the main port's count of hand-overs
 /// stays the test's own).
 fn inflight(server: &TestServer) -> f64 {
@@ -343,4 +347,44 @@ fn requests_there_before_the_accept_are_answered_as_hyper_answers_them() {
         fast_closed, hyper_closed,
         "connections closed by the client's asking"
     );
+}
+
+/// `--defer-accept`: the kernel holds a new connection until its first bytes come, so one
+/// that sends at once is answered at its first read while a silent one is not accepted (and
+/// takes no room under `--max-connections`); the silent one is accepted when the kernel's
+/// wait ends, about 1 s later, and is then treated as any other (here: closed as over the
+/// limit). Without the flag the silent connection takes the one slot and the others are
+/// closed at once.
+#[test]
+fn with_defer_accept_a_connection_is_accepted_when_its_first_bytes_come() {
+    let server = spawn(config(&["--defer-accept", "--max-connections", "1"]));
+    let accepted = || server.metric("microservice2_connections_accepted_total", &[]);
+    let closed = |reason| {
+        server.metric(
+            "microservice2_connections_closed_total",
+            &[("reason", reason)],
+        )
+    };
+    let mut silent = server.connect();
+    let mut asking = server.connect();
+    asking.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(asking.read_response(false).status, 200);
+    closed_within(&mut asking, crate::support::READ_TIMEOUT);
+    assert_eq!(
+        accepted(),
+        1.0,
+        "only the connection that sent was accepted"
+    );
+    wait_until("the first connection's close is counted", LIMIT, || {
+        closed("client") >= 1.0
+    });
+    let mut keeping = server.connect();
+    keeping.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(keeping.read_response(false).status, 200);
+    // The kernel's wait ends: the silent connection is accepted, over the limit, and closed.
+    closed_within(&mut silent, LIMIT);
+    assert_eq!(accepted(), 3.0);
+    assert_eq!(closed("max_connections"), 1.0);
+    keeping.send(b"GET /v1/avatar HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(keeping.read_response(false).status, 200);
 }
