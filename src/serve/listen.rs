@@ -6,7 +6,7 @@
 //! were otherwise accepted before their request, and each of those cost a task, two
 //! `epoll_ctl` calls, a second read and a wake-up (bench/RESULTS.md). A connection that sends
 //! nothing is accepted when the kernel's wait ends (one SYN-ACK retransmission, about 1 s),
-//! and is then held to `--header-timeout` as any other.
+//! and then waits for its first request under `--idle-timeout` as any other.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
