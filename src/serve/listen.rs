@@ -4,7 +4,7 @@
 //! (`TCP_DEFER_ACCEPT`), so that the first read made as it is accepted (`fast/first.rs`)
 //! finds its request there: under `wrk -H 'Connection: close'` about half of the connections
 //! were otherwise accepted before their request, and each of those cost a task, two
-//! `epoll_ctl` calls, a second read and a wake-up (bench/RESULTS.md). A connection that sends
+//! `epoll_ctl` calls, a second read and a wake-up (docs/performance.md). A connection that sends
 //! nothing is accepted when the kernel's wait ends (one SYN-ACK retransmission, about 1 s),
 //! and then waits for its first request under `--idle-timeout` as any other.
 
